@@ -1,0 +1,181 @@
+"""Shopper traffic for TriageLab: browse, log in, check out, look up the order.
+
+Run from the repository root (see docs/loadtest.md)::
+
+    uv run locust -f loadtest/locustfile.py --host http://127.0.0.1:8000
+    uv run locust -f loadtest/locustfile.py,loadtest/shapes/spike.py --headless
+
+Requests are named by route template (``/api/orders/{order_id}``) so Locust's stats, the
+Prometheus exporter and the services' own ``route`` label line up one to one. A small share of
+checkouts use a test card that the payment service declines: that 402 is the correct business
+answer, so it counts as a success in Locust and as ``outcome="declined"`` in the exporter;
+a declined card that is *accepted*, or a good card that is declined, is a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+from collections import Counter, deque
+from typing import Any
+
+from locust import FastHttpUser, between, events, task
+
+from loadtest import prometheus_exporter
+from loadtest.config import APPROVED_CARD, DECLINED_CARDS, LoadSettings
+
+SETTINGS = LoadSettings.from_env()
+log = logging.getLogger("triagelab.loadtest")
+
+LOGIN = "/api/login"
+PRODUCTS = "/api/products"
+CHECKOUT = "/api/checkout"
+ORDER = "/api/orders/{order_id}"
+
+METRICS = prometheus_exporter.install(events)
+for _method, _name in (("POST", LOGIN), ("GET", PRODUCTS), ("GET", ORDER)):
+    METRICS.declare(_method, _name)
+METRICS.declare("POST", CHECKOUT, prometheus_exporter.OUTCOMES)
+
+# Round-robin over the pool so that N users log in as N distinct shoppers (random picks would
+# pile several users onto one account and leave others idle).
+_next_user = itertools.count()
+# Checkout results of this process, logged when Locust stops (declines are successes in
+# Locust's own stats, so they are counted here).
+JOURNEY: Counter[str] = Counter()
+
+
+class Shopper(FastHttpUser):
+    """A shopper who mostly browses, sometimes buys, and checks on recent orders."""
+
+    host = "http://127.0.0.1:8000"
+    wait_time = between(SETTINGS.wait_min, SETTINGS.wait_max)
+    network_timeout = SETTINGS.timeout
+    connection_timeout = SETTINGS.timeout
+
+    def on_start(self) -> None:
+        username, password = SETTINGS.users[next(_next_user) % len(SETTINGS.users)]
+        self.username = username
+        self.password = password
+        self.auth: dict[str, str] | None = None
+        self.token_expires = 0.0
+        self.product_ids: list[Any] = []
+        self.orders: deque[Any] = deque(maxlen=20)
+        self.login()
+        self.browse()
+
+    def login(self) -> bool:
+        body = {"username": self.username, "password": self.password}
+        with self.client.post(LOGIN, json=body, name=LOGIN, catch_response=True) as resp:
+            if resp.status_code != 200:
+                resp.failure(f"login returned {resp.status_code}")
+                self.auth = None
+                return False
+            try:
+                data = resp.json()
+                token = data["access_token"]
+            except (ValueError, KeyError, TypeError):
+                resp.failure("login response has no access_token")
+                self.auth = None
+                return False
+        self.auth = {"Authorization": f"Bearer {token}"}
+        expires_in = data.get("expires_in") if isinstance(data, dict) else None
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) else 900.0
+        # Log in again a little before the token expires, like a well-behaved client.
+        self.token_expires = time.monotonic() + max(lifetime - 30.0, lifetime / 2)
+        return True
+
+    def logged_in(self) -> bool:
+        if self.auth is not None and time.monotonic() < self.token_expires:
+            return True
+        return self.login()
+
+    @task(6)
+    def browse(self) -> None:
+        with self.client.get(PRODUCTS, name=PRODUCTS, catch_response=True) as resp:
+            if resp.status_code != 200:
+                return  # default: a non-2xx is a failure
+            try:
+                products = resp.json()
+                ids = [p["id"] for p in products]
+            except (ValueError, KeyError, TypeError):
+                resp.failure("products response is not a list of products")
+                return
+            if not ids:
+                resp.failure("product catalogue is empty")
+                return
+        self.product_ids = ids
+
+    @task(2)
+    def checkout(self) -> None:
+        if not self.product_ids or not self.logged_in():
+            return
+        declined = random.random() < SETTINGS.decline_rate
+        card = random.choice(DECLINED_CARDS) if declined else APPROVED_CARD
+        count = random.randint(1, min(SETTINGS.max_items, len(self.product_ids)))
+        items = [
+            {"product_id": pid, "quantity": random.randint(1, 2)}
+            for pid in random.sample(self.product_ids, count)
+        ]
+        body = {"items": items, "card_number": card, "currency": SETTINGS.currency}
+        context = {"expect": "declined" if declined else "approved"}
+        with self.client.post(
+            CHECKOUT,
+            json=body,
+            headers=self.auth,
+            name=CHECKOUT,
+            context=context,
+            catch_response=True,
+        ) as resp:
+            status = resp.status_code
+            if status == 401:
+                self.auth = None  # log in again on the next checkout or order lookup
+                JOURNEY["unauthorized"] += 1
+                return  # stays a failure
+            if declined:
+                if status == 402:
+                    resp.success()
+                    JOURNEY["declined"] += 1
+                else:
+                    JOURNEY["unexpected"] += 1
+                    resp.failure(f"declined test card got {status}, expected 402")
+                return
+            if status == 402:
+                JOURNEY["unexpected"] += 1
+                resp.failure("approved test card was declined")
+                return
+            if status != 201:
+                JOURNEY["error"] += 1
+                return  # a 5xx or timeout: Locust already marks it failed
+            try:
+                order_id = resp.json()["order_id"]
+            except (ValueError, KeyError, TypeError):
+                JOURNEY["error"] += 1
+                resp.failure("checkout response has no order_id")
+                return
+            JOURNEY["approved"] += 1
+        self.orders.append(order_id)
+
+    @task(2)
+    def order_status(self) -> None:
+        if not self.orders:
+            self.browse()  # nothing bought yet: keep the shopper busy the cheap way
+            return
+        if not self.logged_in():
+            return
+        order_id = random.choice(self.orders)
+        with self.client.get(
+            f"/api/orders/{order_id}", headers=self.auth, name=ORDER, catch_response=True
+        ) as resp:
+            if resp.status_code == 401:
+                self.auth = None
+
+
+@events.quitting.add_listener
+def _log_journey(environment: Any, **_: Any) -> None:
+    """Print how checkouts ended; declines do not show up as failures in Locust's table."""
+    if JOURNEY:
+        summary = ", ".join(f"{k}={v}" for k, v in sorted(JOURNEY.items()))
+        log.info("checkout outcomes: %s", summary)

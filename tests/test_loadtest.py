@@ -1,0 +1,252 @@
+"""Load generator: shapes, settings and exporter as units; a real Locust run as integration."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = ("steady", "ramp", "spike", "soak", "diurnal")
+
+
+def import_without_monkey_patch(module: str) -> ModuleType:
+    """Import a module that imports Locust, without Locust monkey-patching pytest's process.
+
+    ``import locust`` calls gevent's ``patch_all()`` unless LOCUST_SKIP_MONKEY_PATCH is set;
+    the variable is removed again so that Locust processes started by tests are patched.
+    """
+    if "locust" not in sys.modules:
+        os.environ["LOCUST_SKIP_MONKEY_PATCH"] = "1"
+        try:
+            importlib.import_module("locust")
+        finally:
+            os.environ.pop("LOCUST_SKIP_MONKEY_PATCH", None)
+    return importlib.import_module(module)
+
+
+def shape_class(name: str) -> type:
+    """The one concrete LoadTestShape in loadtest/shapes/<name>.py, found the way Locust does."""
+    module = import_without_monkey_patch(f"loadtest.shapes.{name}")
+    from locust.util.load_locustfile import is_shape_class
+
+    found = [v for v in vars(module).values() if is_shape_class(v)]
+    assert len(found) == 1, f"{name}.py must define exactly one concrete shape, found {found}"
+    return found[0]
+
+
+def ticks(shape: Any, times: list[float]) -> list[tuple[int, float] | None]:
+    """tick() at each fake run time (seconds since the shape started)."""
+    out = []
+    for t in times:
+        shape.get_run_time = lambda t=t: t
+        out.append(shape.tick())
+    return out
+
+
+def users(results: list[tuple[int, float] | None]) -> list[int | None]:
+    return [None if r is None else r[0] for r in results]
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_each_shape_file_has_one_documented_shape_that_ends(name: str) -> None:
+    cls = shape_class(name)
+    assert (cls.__doc__ or "").strip() and (sys.modules[cls.__module__].__doc__ or "").strip()
+    shape = cls(env={})
+    assert shape.tick is not None
+    first, last = ticks(shape, [0.0, shape.duration])
+    assert first is not None and first[0] >= 0 and first[1] > 0
+    assert last is None  # Locust stops the run (and a headless Locust exits) on None
+
+
+def test_steady_is_flat_until_its_duration() -> None:
+    shape = shape_class("steady")(env={})
+    assert ticks(shape, [0, 1, 299.5, 599.9, 600, 601]) == [(20, 5.0)] * 4 + [None, None]
+
+
+def test_ramp_grows_linearly_then_holds() -> None:
+    shape = shape_class("ramp")(env={})
+    seq = ticks(shape, [float(t) for t in range(0, 361, 10)])
+    counts = users(seq)
+    assert counts[0] == 1 and counts[-1] is None
+    ramp = counts[: 300 // 10 + 1]
+    assert all(a <= b for a, b in itertools.pairwise(ramp)), ramp
+    assert ramp[15] == round(1 + 59 * 150 / 300)  # half way
+    assert set(counts[30:-1]) == {60}  # hold at the peak
+    # spawning each step must finish inside Locust's one-second tick
+    per_second_growth = 59 / 300
+    assert all(r is None or r[1] >= per_second_growth for r in seq)
+
+
+def test_spike_jumps_up_and_back_down() -> None:
+    shape = shape_class("spike")(env={})
+    counts = users(ticks(shape, [0, 59, 60, 119, 120, 239, 240]))
+    assert counts == [10, 10, 60, 60, 10, 10, None]
+
+
+def test_soak_ramps_in_then_holds_for_two_hours() -> None:
+    shape = shape_class("soak")(env={})
+    counts = users(ticks(shape, [0, 30, 60, 3600, 7199, 7200]))
+    assert counts == [0, 8, 15, 15, 15, None]
+
+
+def test_diurnal_is_quiet_at_night_and_busiest_in_the_afternoon() -> None:
+    shape = shape_class("diurnal")(env={})
+    minute = 60.0  # one simulated hour
+    by_hour = users(ticks(shape, [h * minute for h in range(24)]))
+    assert min(by_hour) == 4 and by_hour.index(4) == 2  # 2 am
+    assert max(by_hour) == 40 and by_hour.index(40) == 14  # 2 pm
+    assert by_hour[10] == by_hour[18]  # symmetric around the peak
+    assert ticks(shape, [24 * minute]) == [None]
+
+
+def test_shape_duration_env_compresses_time_and_speeds_up_spawning() -> None:
+    natural = shape_class("spike")(env={})
+    fast = shape_class("spike")(env={"LOCUST_SHAPE_DURATION": "24"})  # 240 s -> 24 s
+    assert fast.total_seconds == 24
+    assert users(ticks(fast, [0, 5.9, 6, 11.9, 12, 23.9, 24])) == [10, 10, 60, 60, 10, 10, None]
+    (_, slow_rate), (_, fast_rate) = ticks(natural, [0])[0], ticks(fast, [0])[0]
+    assert fast_rate == pytest.approx(slow_rate * 10)
+    # the 50/s burst would be 500/s; capped where Locust starts warning
+    assert ticks(fast, [7])[0][1] == 100.0
+
+
+def test_shape_duration_accepts_locust_timespans() -> None:
+    soak = shape_class("soak")(env={"LOCUST_SHAPE_DURATION": "2m"})
+    assert soak.total_seconds == 120
+    assert users(ticks(soak, [119.9, 120])) == [15, None]
+
+
+def test_shape_users_env_rescales_every_phase() -> None:
+    shape = shape_class("spike")(env={"LOCUST_SHAPE_USERS": "6"})
+    assert users(ticks(shape, [0, 60, 120])) == [1, 6, 1]  # 10/60*6 = 1, never 0
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LOCUST_SHAPE_DURATION": "0"},
+        {"LOCUST_SHAPE_DURATION": "soon"},
+        {"LOCUST_SHAPE_USERS": "0"},
+    ],
+)
+def test_bad_shape_env_is_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ValueError):
+        shape_class("steady")(env=env)
+
+
+# ---------------------------------------------------------------------------------------------
+# settings
+
+
+def test_default_user_pool_is_the_seeded_demo_users() -> None:
+    from loadtest.config import LoadSettings
+
+    pool = LoadSettings.from_env({}).users
+    names = [name for name, _ in pool]
+    assert len(pool) == 52 and len(set(names)) == 52
+    assert pool[0] == ("shopper01", "triagelab") and pool[49] == ("shopper50", "triagelab")
+    assert ("alice", "wonderland") in pool and ("bob", "builder") in pool
+
+
+def test_settings_from_env() -> None:
+    from loadtest.config import LoadSettings
+
+    s = LoadSettings.from_env(
+        {
+            "LOCUST_USER_POOL": "u[08-10]:pw, v[9-10]:x, carol:c:with:colons",
+            "LOCUST_DECLINE_RATE": "0.5",
+            "LOCUST_WAIT_MIN": "0.1",
+            "LOCUST_WAIT_MAX": "0.2",
+        }
+    )
+    assert s.users == (
+        ("u08", "pw"),
+        ("u09", "pw"),
+        ("u10", "pw"),
+        ("v9", "x"),
+        ("v10", "x"),
+        ("carol", "c:with:colons"),
+    )
+    assert (s.decline_rate, s.wait_min, s.wait_max) == (0.5, 0.1, 0.2)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LOCUST_USER_POOL": "nopassword"},
+        {"LOCUST_USER_POOL": "u[5-1]:pw"},
+        {"LOCUST_USER_POOL": " , "},
+        {"LOCUST_DECLINE_RATE": "1.5"},
+        {"LOCUST_DECLINE_RATE": "three percent"},
+        {"LOCUST_WAIT_MIN": "2", "LOCUST_WAIT_MAX": "1"},
+    ],
+)
+def test_bad_settings_are_refused_with_the_variable_name(env: dict[str, str]) -> None:
+    from loadtest.config import LoadSettings, SettingsError
+
+    with pytest.raises(SettingsError):
+        LoadSettings.from_env(env)
+
+
+# ---------------------------------------------------------------------------------------------
+# exporter
+
+
+def test_exporter_counts_outcomes_failures_and_latency() -> None:
+    from loadtest.prometheus_exporter import LocustMetrics
+
+    m = LocustMetrics(process=False)
+    m.declare("POST", "/api/checkout", ("success", "failure", "declined"))
+    value = m.registry.get_sample_value
+    checkout = {"method": "POST", "name": "/api/checkout"}
+    assert value("locust_failures_total", checkout) == 0  # exists before the first failure
+
+    m.on_request("POST", "/api/checkout", 3.0, None, {"expect": "approved"})
+    m.on_request("POST", "/api/checkout", 40.0, None, {"expect": "declined"})
+    m.on_request("POST", "/api/checkout", 12000.0, TimeoutError("slow"), {"expect": "approved"})
+    m.on_request("GET", "/api/products", 7.0, None, {}, response=None, url="http://x")
+
+    assert value("locust_requests_total", {**checkout, "outcome": "success"}) == 1
+    assert value("locust_requests_total", {**checkout, "outcome": "declined"}) == 1
+    assert value("locust_requests_total", {**checkout, "outcome": "failure"}) == 1
+    assert value("locust_failures_total", checkout) == 1
+    assert value("locust_response_time_seconds_bucket", {**checkout, "le": "0.005"}) == 1
+    assert value("locust_response_time_seconds_bucket", {**checkout, "le": "0.05"}) == 2
+    assert value("locust_response_time_seconds_bucket", {**checkout, "le": "10.0"}) == 2
+    assert value("locust_response_time_seconds_count", checkout) == 3
+    products = {"method": "GET", "name": "/api/products"}
+    assert value("locust_requests_total", {**products, "outcome": "success"}) == 1
+    assert value("locust_failures_total", products) == 0
+    assert b"locust_users" in m.render()
+
+
+def test_exporter_buckets_match_the_services() -> None:
+    from loadtest.prometheus_exporter import BUCKETS
+
+    telemetry = (ROOT / "docs" / "telemetry.md").read_text()
+    assert "buckets 0.005 0.01 0.025 0.05 0.1 0.25 0.5 1 2.5 5 10" in telemetry
+    assert BUCKETS == (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def test_exporter_address_from_env() -> None:
+    from loadtest.prometheus_exporter import metrics_address
+
+    assert metrics_address({}) == ("127.0.0.1", 8090)
+    assert metrics_address({"LOCUST_METRICS_PORT": "0", "LOCUST_METRICS_HOST": "0.0.0.0"}) == (
+        "0.0.0.0",
+        0,
+    )
+    assert metrics_address({"LOCUST_METRICS_PORT": "off"}) is None
+    with pytest.raises(ValueError):
+        metrics_address({"LOCUST_METRICS_PORT": "70000"})
