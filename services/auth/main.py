@@ -1,0 +1,134 @@
+"""auth: demo users with argon2 hashes; login issues a signed JWT; tokens are verified here."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import anyio
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import VerificationError
+from fastapi import APIRouter, FastAPI, Header
+from prometheus_client import Counter
+from pydantic import BaseModel, Field
+
+from services.kit import Kit, KitDep, ServiceError, Settings
+
+ISSUER = "triagelab-auth"
+ALGORITHM = "HS256"
+
+# Demo users, documented in docs/services.md. Passwords are hashed at startup, never stored.
+DEMO_PASSWORDS = {"alice": "wonderland", "bob": "builder"} | {
+    f"shopper{i:02d}": "triagelab" for i in range(1, 51)
+}
+
+# OWASP's argon2id minimum (19 MiB, t=2): a login costs ~20 ms of CPU, off the event loop.
+hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+
+
+class LoginRequest(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=128)
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+class Identity(BaseModel):
+    sub: str
+    exp: int
+
+
+def seed_users() -> dict[str, str]:
+    """Hash each distinct demo password once (salted), and share it between users that use it."""
+    by_password = {pw: hasher.hash(pw) for pw in set(DEMO_PASSWORDS.values())}
+    return {user: by_password[pw] for user, pw in DEMO_PASSWORDS.items()}
+
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+@router.post("/login", response_model=TokenOut)
+async def login(body: LoginRequest, kit: KitDep) -> TokenOut:
+    users: dict[str, str] = kit.state["users"]
+    # Unknown users are checked against a real hash too, so timing does not reveal who exists.
+    stored = users.get(body.username, kit.state["dummy_hash"])
+    try:
+        await anyio.to_thread.run_sync(hasher.verify, stored, body.password)
+        ok = body.username in users
+    except VerificationError:
+        ok = False
+    kit.state["logins"].labels("success" if ok else "failure").inc()
+    if not ok:
+        kit.log.info("login_failed", username=body.username)
+        raise ServiceError(401, "invalid_credentials", "unknown user or wrong password")
+    now = int(time.time())
+    ttl = kit.settings.jwt_ttl_seconds
+    claims = {
+        "sub": body.username,
+        "iat": now,
+        "exp": now + ttl,
+        "iss": ISSUER,
+        "jti": uuid.uuid4().hex,
+    }
+    token = jwt.encode(claims, kit.state["signing_key"](), algorithm=ALGORITHM)
+    kit.log.info("login_succeeded", username=body.username)
+    return TokenOut(access_token=token, expires_in=ttl)
+
+
+@router.get("/verify", response_model=Identity)
+async def verify(
+    kit: KitDep, authorization: Annotated[str | None, Header(max_length=4096)] = None
+) -> Identity:
+    counter = kit.state["verifications"]
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        counter.labels("invalid").inc()
+        raise ServiceError(401, "missing_token", "a Bearer token is required")
+    try:
+        claims = jwt.decode(
+            token,
+            kit.state["signing_key"](),
+            algorithms=[ALGORITHM],
+            issuer=ISSUER,
+            options={"require": ["exp", "sub", "iss"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        counter.labels("expired").inc()
+        raise ServiceError(401, "token_expired", "the token has expired") from exc
+    except jwt.InvalidTokenError as exc:
+        counter.labels("invalid").inc()
+        raise ServiceError(401, "invalid_token", "the token is not valid") from exc
+    counter.labels("valid").inc()
+    return Identity(sub=claims["sub"], exp=claims["exp"])
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    kit = Kit("auth", settings)
+    registry = kit.metrics.registry
+    kit.state["logins"] = Counter(
+        "auth_logins", "Logins by outcome.", ["outcome"], registry=registry
+    )
+    kit.state["verifications"] = Counter(
+        "auth_token_verifications", "Token checks by outcome.", ["outcome"], registry=registry
+    )
+    for outcome in ("success", "failure"):
+        kit.state["logins"].labels(outcome)
+    for outcome in ("valid", "invalid", "expired"):
+        kit.state["verifications"].labels(outcome)
+    # A function, so a fault can swap the key (a "signing key mismatch" drill).
+    kit.state["signing_key"] = lambda: kit.settings.jwt_secret
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        kit.state["users"] = await anyio.to_thread.run_sync(seed_users)
+        kit.state["dummy_hash"] = kit.state["users"]["alice"]
+        yield
+
+    return kit.build_app(title="auth", routers=[router], lifespan=lifespan)

@@ -1,0 +1,179 @@
+"""The app factory every service uses: telemetry, health, errors and clients wired once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.metrics import NoOpMeterProvider
+from starlette.responses import Response
+
+from .db import Database
+from .errors import error_response, install_error_handlers
+from .http import ServiceClient
+from .logs import configure_logging, get_logger
+from .metrics import Metrics
+from .middleware import TelemetryMiddleware
+from .settings import Settings
+from .tracing import build_tracer_provider
+
+ReadinessCheck = Callable[[], Awaitable[Any]]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+class Kit:
+    """Everything one service instance owns: settings, telemetry, clients, readiness checks.
+
+    Built by the service's `create_app`, never at import time, so tests can build many apps.
+    """
+
+    def __init__(self, name: str, settings: Settings | None = None) -> None:
+        self.settings = (settings or Settings()).for_service(name)
+        self.name = name
+        configure_logging(name, self.settings.log_level)
+        self.log = get_logger()
+        self.metrics = Metrics(
+            name, self.settings.service_version, self.settings.deployment_environment
+        )
+        self.tracer_provider = build_tracer_provider(self.settings)
+        self.tracer = self.tracer_provider.get_tracer(f"triagelab.{name}")
+        self.clients: dict[str, ServiceClient] = {}
+        self.readiness: dict[str, ReadinessCheck] = {}
+        self.database: Database | None = None
+        # A service's own objects (its metrics, stores, workers), so handlers reach them per app.
+        self.state: dict[str, Any] = {}
+        # Tests wire services together in-process by handing each peer an ASGI transport.
+        self.transports: dict[str, Any] = {}
+
+    def client(self, peer: str) -> ServiceClient:
+        """The (single, pooled) client for a peer, with that hop's own timeout."""
+        if peer not in self.clients:
+            s = self.settings
+            self.clients[peer] = ServiceClient(
+                peer,
+                getattr(s, f"{peer}_url"),
+                timeout=getattr(s, f"{peer}_timeout_seconds"),
+                metrics=self.metrics,
+                tracer_provider=self.tracer_provider,
+                retries=s.http_retries,
+                backoff=s.http_retry_backoff_seconds,
+                transport=self.transports.get(peer),
+            )
+        return self.clients[peer]
+
+    def open_database(self) -> Database:
+        self.database = Database(self.settings, self.metrics.registry, self.tracer_provider)
+        self.readiness["database"] = self.database.ping
+        return self.database
+
+    def require_peer(self, peer: str) -> None:
+        """Readiness includes this peer's liveness."""
+
+        async def check() -> None:
+            response = await self.client(peer).request("GET", "/healthz", timeout=1.0)
+            response.raise_for_status()
+
+        self.readiness[peer] = check
+
+    def build_app(
+        self,
+        *,
+        title: str,
+        routers: list[APIRouter],
+        lifespan: Lifespan | None = None,
+    ) -> FastAPI:
+        kit = self
+
+        @asynccontextmanager
+        async def full_lifespan(app: FastAPI) -> AsyncIterator[None]:
+            kit.log.info("service_starting", version=kit.settings.service_version)
+            try:
+                if lifespan is not None:
+                    async with lifespan(app):
+                        kit.log.info("service_started")
+                        yield
+                else:
+                    kit.log.info("service_started")
+                    yield
+            finally:
+                for client in kit.clients.values():
+                    await client.aclose()
+                if kit.database is not None:
+                    await kit.database.dispose()
+                kit.tracer_provider.shutdown()
+                kit.log.info("service_stopped")
+
+        app = FastAPI(
+            title=title,
+            version=self.settings.service_version,
+            lifespan=full_lifespan,
+        )
+        app.state.kit = self
+        install_error_handlers(app)
+        app.include_router(_ops_router())
+        for router in routers:
+            app.include_router(router)
+        self.metrics.initialise_routes(
+            [
+                (method, route.path, route.status_code or 200)
+                for route in app.routes
+                if isinstance(route, APIRoute) and route.include_in_schema
+                for method in route.methods
+            ]
+        )
+        app.add_middleware(
+            TelemetryMiddleware, metrics=self.metrics, max_body_bytes=self.settings.max_body_bytes
+        )
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=self.tracer_provider,
+            meter_provider=NoOpMeterProvider(),
+            excluded_urls="/healthz,/readyz,/metrics,/admin",
+            exclude_spans=["receive", "send"],
+        )
+        return app
+
+
+def get_kit(request: Request) -> Kit:
+    return request.app.state.kit
+
+
+KitDep = Annotated[Kit, Depends(get_kit)]
+
+
+def _ops_router() -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/healthz")
+    async def healthz() -> dict:
+        """Alive: the process answers. Orchestrators restart on failure."""
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz(kit: KitDep) -> JSONResponse:
+        """Ready: every dependency this service needs answers, checked concurrently."""
+        names = list(kit.readiness)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(kit.readiness[n](), 2.0) for n in names), return_exceptions=True
+        )
+        checks = {
+            n: "ok" if not isinstance(r, BaseException) else f"failed: {type(r).__name__}"
+            for n, r in zip(names, results, strict=True)
+        }
+        ok = all(v == "ok" for v in checks.values())
+        if ok:
+            return JSONResponse({"status": "ok", "checks": checks})
+        failed = ", ".join(n for n, v in checks.items() if v != "ok")
+        return error_response(503, "not_ready", f"dependencies not ready: {failed}", checks)
+
+    @router.get("/metrics")
+    async def metrics(kit: KitDep, request: Request) -> Response:
+        return kit.metrics.render(request)
+
+    return router

@@ -1,0 +1,86 @@
+"""One settings class for every service: configuration comes from the environment only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICE_NAMES = ("gateway", "auth", "order", "payment", "notification")
+
+
+class Settings(BaseSettings):
+    """Every variable is documented in docs/configuration.md; keep the two in step."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    service_name: str = ""  # set by each service's factory, not by the environment
+    service_version: str = "1.0.0"
+    deployment_environment: str = "lab"
+    log_level: str = "info"
+
+    # Telemetry
+    otel_exporter_otlp_endpoint: str = ""
+    span_file: str = ""
+    trace_sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+
+    # Data
+    data_dir: Path = Path("var/data")
+    database_url: str = ""
+    db_pool_size: int = Field(5, ge=1, le=200)
+    db_max_overflow: int = Field(5, ge=0, le=200)
+    db_pool_timeout_seconds: float = Field(2.0, gt=0, le=60)
+
+    # Downstream services and per-hop timeouts
+    auth_url: str = "http://127.0.0.1:8001"
+    order_url: str = "http://127.0.0.1:8002"
+    payment_url: str = "http://127.0.0.1:8003"
+    notification_url: str = "http://127.0.0.1:8004"
+    auth_timeout_seconds: float = Field(1.0, gt=0, le=60)
+    order_timeout_seconds: float = Field(6.0, gt=0, le=60)
+    payment_timeout_seconds: float = Field(2.0, gt=0, le=60)
+    notification_timeout_seconds: float = Field(1.0, gt=0, le=60)
+    http_retries: int = Field(2, ge=0, le=10)
+    http_retry_backoff_seconds: float = Field(0.05, ge=0, le=10)
+
+    # Requests
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+
+    # Admin API (fault injection)
+    admin_token: str = "triagelab-admin"
+
+    # auth
+    jwt_secret: str = "triagelab-dev-secret-change-me-0123456789"
+    jwt_ttl_seconds: int = Field(3600, ge=1)
+
+    # payment
+    payment_latency_median_ms: float = Field(40.0, ge=0)
+    payment_latency_sigma: float = Field(0.45, ge=0, le=3)
+
+    # notification
+    notification_latency_median_ms: float = Field(30.0, ge=0)
+    notification_failure_rate: float = Field(0.01, ge=0, le=1)
+    notification_max_attempts: int = Field(5, ge=1, le=50)
+    notification_retry_base_seconds: float = Field(0.5, ge=0)
+    notification_poll_seconds: float = Field(0.5, gt=0)
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"debug", "info", "warning", "error"}:
+            raise ValueError("LOG_LEVEL must be one of debug, info, warning, error")
+        return value
+
+    def for_service(self, name: str) -> Settings:
+        """The same settings with the service name filled in (a factory names its service)."""
+        if name not in SERVICE_NAMES:
+            raise ValueError(f"unknown service {name!r}")
+        return self.model_copy(update={"service_name": name})
+
+    def db_url(self) -> str:
+        """DATABASE_URL if set, else a SQLite file of this service's own under DATA_DIR."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / (self.service_name + '.db')}"

@@ -1,0 +1,200 @@
+"""payment: a simulated card processor with idempotent charges and its own store."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, FastAPI, Header, Query
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy import Float, Integer, String, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.kit import Kit, KitDep, ServiceError, Settings
+from services.kit.cards import luhn_ok
+
+# Documented in docs/services.md: these cards are declined with a 402, like a real processor.
+DECLINED_CARDS = {
+    "4000000000000002": "card_declined",
+    "4000000000009995": "insufficient_funds",
+    "4000000000000069": "expired_card",
+}
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Charge(Base):
+    __tablename__ = "charges"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(100), unique=True, index=True)
+    order_id: Mapped[str] = mapped_column(String(40), index=True)
+    amount_cents: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3))
+    card_last4: Mapped[str] = mapped_column(String(4))
+    outcome: Mapped[str] = mapped_column(String(20))
+    decline_code: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ChargeRequest(BaseModel):
+    order_id: str = Field(min_length=1, max_length=40)
+    amount_cents: int = Field(gt=0, le=10_000_000)
+    currency: Literal["EUR"]
+    card_number: str = Field(pattern=r"^\d{12,19}$")
+
+    @field_validator("card_number")
+    @classmethod
+    def _luhn(cls, value: str) -> str:
+        if not luhn_ok(value):
+            raise ValueError("card number fails the Luhn check")
+        return value
+
+
+class ChargeOut(BaseModel):
+    payment_id: str
+    order_id: str
+    amount_cents: int
+    currency: str
+    card_last4: str
+    outcome: str
+    decline_code: str | None = None
+
+
+def _out(c: Charge) -> ChargeOut:
+    return ChargeOut(
+        payment_id=c.id,
+        order_id=c.order_id,
+        amount_cents=c.amount_cents,
+        currency=c.currency,
+        card_last4=c.card_last4,
+        outcome=c.outcome,
+        decline_code=c.decline_code,
+    )
+
+
+def _result(charge: Charge, replayed: bool) -> JSONResponse:
+    """The same answer for the first call and every replay: 201 approved, 402 declined."""
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    if charge.outcome == "declined":
+        raise ServiceError(
+            402,
+            "card_declined",
+            f"card declined: {charge.decline_code}",
+            details=_out(charge).model_dump(),
+        )
+    return JSONResponse(_out(charge).model_dump(), status_code=201, headers=headers)
+
+
+router = APIRouter(prefix="/payments", tags=["payments"])
+
+
+@router.post("/charge", status_code=201, response_model=ChargeOut)
+async def charge(
+    body: ChargeRequest,
+    kit: KitDep,
+    idempotency_key: Annotated[str, Header(min_length=1, max_length=100)],
+) -> JSONResponse:
+    db = kit.database
+    async with db.session() as s:
+        existing = await s.scalar(select(Charge).where(Charge.idempotency_key == idempotency_key))
+    if existing is not None:
+        return _replay(existing, body)
+
+    await asyncio.sleep(_processor_latency(kit.settings))
+    decline = DECLINED_CARDS.get(body.card_number)
+    row = Charge(
+        id="pay_" + uuid.uuid4().hex[:20],
+        idempotency_key=idempotency_key,
+        order_id=body.order_id,
+        amount_cents=body.amount_cents,
+        currency=body.currency,
+        card_last4=body.card_number[-4:],
+        outcome="declined" if decline else "approved",
+        decline_code=decline,
+        created_at=time.time(),
+    )
+    async with db.session() as s:
+        s.add(row)
+        try:
+            await s.commit()
+        except IntegrityError:
+            # A concurrent call with the same key won the race: answer with its result.
+            await s.rollback()
+            existing = await s.scalar(
+                select(Charge).where(Charge.idempotency_key == idempotency_key)
+            )
+            return _replay(existing, body)
+    kit.state["payments"].labels(row.outcome).inc()
+    kit.log.info(
+        "payment_processed",
+        order_id=row.order_id,
+        payment_id=row.id,
+        outcome=row.outcome,
+        amount_cents=row.amount_cents,
+        card_last4=row.card_last4,
+        decline_code=decline,
+    )
+    return _result(row, replayed=False)
+
+
+def _replay(existing: Charge, body: ChargeRequest) -> JSONResponse:
+    same = (
+        existing.order_id == body.order_id
+        and existing.amount_cents == body.amount_cents
+        and existing.currency == body.currency
+        and existing.card_last4 == body.card_number[-4:]
+    )
+    if not same:
+        raise ServiceError(
+            409,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different charge",
+        )
+    return _result(existing, replayed=True)
+
+
+@router.get("", response_model=list[ChargeOut])
+async def list_charges(
+    kit: KitDep,
+    order_id: Annotated[str | None, Query(max_length=40)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> list[ChargeOut]:
+    query = select(Charge).order_by(Charge.created_at.desc()).limit(limit)
+    if order_id:
+        query = query.where(Charge.order_id == order_id)
+    async with kit.database.session() as s:
+        return [_out(c) for c in await s.scalars(query)]
+
+
+def _processor_latency(settings: Settings) -> float:
+    """Log-normal, like real card networks: most calls quick, a long tail, capped at 2 s."""
+    median = settings.payment_latency_median_ms / 1000
+    if median <= 0:
+        return 0.0
+    return min(random.lognormvariate(math.log(median), settings.payment_latency_sigma), 2.0)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    kit = Kit("payment", settings)
+    kit.state["payments"] = Counter(
+        "payments", "Charges by outcome.", ["outcome"], registry=kit.metrics.registry
+    )
+    for outcome in ("approved", "declined", "error"):
+        kit.state["payments"].labels(outcome)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await kit.open_database().create_all(Base.metadata)
+        yield
+
+    return kit.build_app(title="payment", routers=[router], lifespan=lifespan)

@@ -1,0 +1,160 @@
+"""Test helpers: the five services in process (ASGI) and as real uvicorn processes."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from services.kit import Settings
+from services.kit.settings import SERVICE_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ("auth", "order", "payment", "notification")
+
+
+def fast_settings(tmp: Path, **overrides) -> Settings:
+    """Settings for tests: own data dir, no artificial processor latency unless asked."""
+    values = {
+        "data_dir": tmp,
+        "payment_latency_median_ms": 0,
+        "notification_latency_median_ms": 0,
+        "notification_failure_rate": 0,
+        "notification_poll_seconds": 0.05,
+        "http_retry_backoff_seconds": 0.01,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextlib.asynccontextmanager
+async def in_process(settings: Settings, names=SERVICE_NAMES) -> AsyncIterator[dict]:
+    """Build the named services in this process, wired to each other through ASGI transports,
+    with their lifespans running. Yields {name: httpx.AsyncClient}."""
+    apps = {n: importlib.import_module(f"services.{n}.main").create_app(settings) for n in names}
+    transports = {n: httpx.ASGITransport(app=a) for n, a in apps.items()}
+    for app in apps.values():
+        app.state.kit.transports.update(
+            {peer: t for peer, t in transports.items() if peer in PEERS}
+        )
+    async with contextlib.AsyncExitStack() as stack:
+        for app in apps.values():
+            await stack.enter_async_context(app.router.lifespan_context(app))
+        clients = {}
+        for n in names:
+            clients[n] = await stack.enter_async_context(
+                httpx.AsyncClient(transport=transports[n], base_url=f"http://{n}")
+            )
+        clients["_apps"] = apps
+        yield clients
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    """Poll with a deadline (never a bare sleep as synchronisation)."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:  # the thing polled may not be up yet
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
+
+
+@dataclass
+class ServiceProcs:
+    """The five services as real uvicorn processes on free loopback ports."""
+
+    workdir: Path
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def span_file(self, name: str) -> Path:
+        return self.workdir / "traces" / f"{name}.jsonl"
+
+    def log_file(self, name: str) -> Path:
+        return self.workdir / "logs" / f"{name}.log"
+
+    def start(self) -> None:
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        # Each child binds the socket we hand it (uvicorn --fd), so no port can be stolen
+        # between choosing and binding.
+        socks = {}
+        for name in SERVICE_NAMES:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", 0))
+            s.listen(128)
+            s.set_inheritable(True)
+            socks[name] = s
+            self.ports[name] = s.getsockname()[1]
+        try:
+            for name in SERVICE_NAMES:
+                env = {
+                    **os.environ,
+                    "DATA_DIR": str(self.workdir / "data"),
+                    "SPAN_FILE": str(self.span_file(name)),
+                    "OTEL_BSP_SCHEDULE_DELAY": "100",
+                    **{f"{p.upper()}_URL": self.url(p) for p in PEERS},
+                    **self.env_overrides,
+                }
+                log = self.log_file(name).open("ab")
+                fd = socks[name].fileno()
+                self.procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "uvicorn", f"services.{name}.main:create_app",
+                     "--factory", "--fd", str(fd), "--no-access-log"],
+                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,),
+                )
+                log.close()
+        finally:
+            for s in socks.values():
+                s.close()
+        for name in SERVICE_NAMES:
+            wait_until(lambda n=name: self._healthy(n), timeout=60, what=f"{name} /healthz")
+
+    def _healthy(self, name: str) -> bool:
+        if self.procs[name].poll() is not None:
+            raise RuntimeError(f"{name} exited: {self.log_file(name).read_text()[-2000:]}")
+        return httpx.get(self.url(name) + "/healthz", timeout=1).status_code == 200
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def running_services(workdir: Path, **env: str) -> Iterator[ServiceProcs]:
+    procs = ServiceProcs(workdir, env_overrides=env)
+    try:
+        procs.start()
+        yield procs
+    finally:
+        procs.stop()
