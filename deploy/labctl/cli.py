@@ -1,0 +1,196 @@
+"""Argument parsing and user-facing output; all the work is in ``native`` and ``compose``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from labctl import compose
+from labctl.binaries import ensure_binaries
+from labctl.config import COMPONENTS, REPO_ROOT, SERVICES, LabError, PortInUseError, Ports
+from labctl.native import NativeLab, format_table, total_rss
+
+MODES = ("auto", "native", "compose")
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _runtime_dir() -> Path:
+    raw = os.environ.get("LAB_DIR", "").strip()
+    return Path(raw).resolve() if raw else REPO_ROOT / "var" / "lab"
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _pick_mode(requested: str, lab: NativeLab | None = None) -> str:
+    if requested != "auto":
+        return requested
+    if lab is not None and lab.state_file.exists() and lab._running():
+        return "native"  # a native lab is running: down/status must find it, Docker or not
+    if compose.docker_answers():
+        _say("A Docker engine answers: compose mode (MODE=native forces the native lab).")
+        return "compose"
+    return "native"
+
+
+def _lab(args: argparse.Namespace, ports: Ports | None = None, **kw: object) -> NativeLab:
+    return NativeLab(_runtime_dir(), ports, out=_say, **kw)  # type: ignore[arg-type]
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    ports = Ports.from_env()  # a bad port is reported before anything starts
+    probe = _lab(args, ports)
+    mode = _pick_mode(args.mode, probe)
+    if mode == "compose":
+        return compose.run(REPO_ROOT, "up", _say)
+    for name in SERVICES:
+        if not (REPO_ROOT / "services" / name / "main.py").exists():
+            raise LabError(f"services/{name}/main.py is missing: the services are not built yet")
+    _say(f"TriageLab, native mode: runtime folder {_display(probe.runtime_dir)}")
+    binaries = ensure_binaries(out=_say)
+    lab = _lab(
+        args, ports, binaries=binaries, users=args.users, spawn_rate=args.spawn_rate,
+        load=not args.no_load, timeout=args.timeout,
+    )  # fmt: skip
+    t0 = time.monotonic()
+    rows = lab.up()
+    elapsed = time.monotonic() - t0
+    _say("")
+    _say(format_table(rows))
+    _say("")
+    ready = [r for r in rows if r.state == "ready"]
+    _say(f"{len(ready)} components ready in {elapsed:.1f}s, {total_rss(rows) / 2**20:.0f} MB RSS.")
+    _say(f"Admin token for fault injection (ADMIN_TOKEN): {lab.admin_token()}")
+    _say(f"Alerts received: {_display(lab.alerts_file)}; logs: {_display(lab.runtime_dir)}/logs/")
+    _say("Next: `make status`, `make logs`, `make down` (keeps data), `make clean` (deletes it).")
+    return 0 if all(r.state in ("ready", "off") for r in rows) else 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    lab = _lab(args, Ports.from_env())
+    mode = _pick_mode(args.mode, lab)
+    if mode == "compose":
+        return compose.run(REPO_ROOT, "down", _say)
+    stopped = lab.down()
+    if stopped:
+        _say(f"Stopped {', '.join(stopped)}. Data kept in {_display(lab.runtime_dir)}.")
+    else:
+        _say("Nothing of the native lab was running.")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    lab = _lab(args, Ports.from_env())
+    mode = _pick_mode(args.mode, lab)
+    if mode == "compose":
+        return compose.run(REPO_ROOT, "status", _say)
+    rows = lab.status()
+    _say(format_table(rows))
+    live = [r for r in rows if r.pid]
+    if not live:
+        _say("The native lab is not running (`make up` starts it).")
+        return 3
+    _say(f"Total RSS: {total_rss(rows) / 2**20:.0f} MB across {len(lab.processes())} processes.")
+    return 0 if all(r.state in ("ready", "off") for r in rows) else 1
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    lab = _lab(args, Ports.from_env())
+    mode = _pick_mode(args.mode, lab)
+    if mode == "compose":
+        return compose.run(REPO_ROOT, "clean", _say)
+    lab.clean()
+    _say(f"Stopped the lab and deleted {_display(lab.runtime_dir)}.")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    lab = _lab(args, Ports.from_env())
+    names = args.components or list(COMPONENTS)
+    unknown = sorted(set(names) - set(COMPONENTS))
+    if unknown:
+        raise LabError(f"unknown component(s) {', '.join(unknown)}; one of {', '.join(COMPONENTS)}")
+    existing = [n for n in names if lab.log_file(n).exists()]
+    if not existing:
+        _say(f"No logs in {_display(lab.runtime_dir / 'logs')} yet.")
+        return 0
+    for name in existing:
+        _say(f"==> {_display(lab.log_file(name))} <==")
+        _say(lab.log_tail(name, args.lines))
+    if not args.follow:
+        return 0
+    offsets = {n: lab.log_file(n).stat().st_size for n in existing}
+    pace = threading.Event()
+    try:
+        while True:  # interactive: runs until Ctrl-C
+            for name in existing:
+                path = lab.log_file(name)
+                size = path.stat().st_size if path.exists() else 0
+                if size < offsets[name]:
+                    offsets[name] = 0
+                if size > offsets[name]:
+                    with path.open("rb") as fh:
+                        fh.seek(offsets[name])
+                        chunk = fh.read().decode("utf-8", "replace")
+                    offsets[name] = size
+                    prefix = f"{name}: " if len(existing) > 1 else ""
+                    for line in chunk.splitlines():
+                        _say(prefix + line)
+            pace.wait(0.5)
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="labctl",
+        description="Run the TriageLab lab: native processes, or Docker Compose where Docker runs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the lab and print its URLs")
+    up.add_argument("--mode", choices=MODES, default="auto")
+    up.add_argument("--users", type=int, default=10, help="Locust users (default 10)")
+    up.add_argument("--spawn-rate", type=float, default=2.0, help="users started per second")
+    up.add_argument("--no-load", action="store_true", help="do not start Locust")
+    up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for health")
+    up.set_defaults(func=cmd_up)
+    for name, func, text in (
+        ("down", cmd_down, "stop what `up` started; data stays"),
+        ("status", cmd_status, "show each component, pid, URL, health"),
+        ("clean", cmd_clean, "stop and delete the runtime folder (data, logs, alerts)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--mode", choices=MODES, default="auto")
+        p.set_defaults(func=func)
+    logs = sub.add_parser("logs", help="show the last lines of each component's log")
+    logs.add_argument("components", nargs="*", help=f"any of: {' '.join(COMPONENTS)}")
+    logs.add_argument("-n", "--lines", type=int, default=20)
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.set_defaults(func=cmd_logs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PortInUseError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
