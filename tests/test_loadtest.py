@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import importlib
 import itertools
+import json
 import os
+import resource
+import signal
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import httpx
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,3 +261,272 @@ def test_exporter_address_from_env() -> None:
     assert metrics_address({"LOCUST_METRICS_PORT": "off"}) is None
     with pytest.raises(ValueError):
         metrics_address({"LOCUST_METRICS_PORT": "70000"})
+
+
+# ---------------------------------------------------------------------------------------------
+# integration: real services (uvicorn processes) and a real Locust process, all on 127.0.0.1
+
+SERVICES = ("auth", "payment", "notification", "order", "gateway")  # leaves first
+ROUTES = {
+    ("POST", "/api/login"),
+    ("GET", "/api/products"),
+    ("POST", "/api/checkout"),
+    ("GET", "/api/orders/{order_id}"),
+}
+
+
+def poll(what: str, check: Any, timeout: float, interval: float = 0.1) -> Any:
+    """Call ``check`` until it returns something truthy; bounded in time and count."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / interval) + 1):
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            break
+        time.sleep(interval)  # pacing between polls, not synchronisation
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process group we created, then SIGKILL; never anything we did not start."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
+    env.update(extra)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The five services as uvicorn processes; each socket is bound here and handed over."""
+    tmp = tmp_path_factory.mktemp("lab")
+    urls: dict[str, str] = {}
+    procs: list[subprocess.Popen] = []
+    logs: list[Any] = []
+    try:
+        for name in SERVICES:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            sock.set_inheritable(True)
+            urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            env = child_env(
+                DATA_DIR=str(tmp / "data"),
+                SPAN_FILE=str(tmp / f"{name}.spans.jsonl"),
+                LOG_LEVEL="warning",
+                **{f"{peer.upper()}_URL": url for peer, url in urls.items() if peer != name},
+            )
+            log_file = open(tmp / f"{name}.log", "wb")  # closed in finally
+            logs.append(log_file)
+            cmd = [sys.executable, "-m", "uvicorn", f"services.{name}.main:create_app"]
+            cmd += ["--factory", "--fd", str(sock.fileno()), "--no-access-log"]
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    cwd=ROOT,
+                    env=env,
+                    pass_fds=(sock.fileno(),),
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+            sock.close()  # the child holds its own copy of the listening socket
+        with httpx.Client(trust_env=False, timeout=2.0) as client:
+
+            def ready(name: str) -> bool:
+                proc = procs[SERVICES.index(name)]
+                if proc.poll() is not None:
+                    log = (tmp / f"{name}.log").read_text(errors="replace")[-3000:]
+                    raise AssertionError(f"{name} exited with {proc.returncode}:\n{log}")
+                try:
+                    return client.get(f"{urls[name]}/readyz").status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            for name in SERVICES:
+                poll(f"{name} /readyz", lambda name=name: ready(name), timeout=60)
+        yield urls
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)
+        for log_file in logs:
+            log_file.close()
+
+
+def locust_cmd(*files: str) -> list[str]:
+    return [sys.executable, "-m", "locust", "-f", ",".join(f"loadtest/{f}" for f in files)]
+
+
+def scrape_requests_total(client: httpx.Client, url: str) -> float | None:
+    """Sum of locust_requests_total on one scrape, or None when the page is not up (yet)."""
+    try:
+        text = client.get(url).text
+    except httpx.HTTPError:
+        return None
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("locust_requests_total{")
+    )
+
+
+DECLINED = 'locust_requests_total{method="POST",name="/api/checkout",outcome="declined"}'
+
+
+def scrape_sample(client: httpx.Client, url: str, series: str) -> float:
+    """Value of one exact series on one scrape; -1 when the page or the series is missing."""
+    try:
+        text = client.get(url).text
+    except httpx.HTTPError:
+        return -1.0
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return -1.0
+
+
+def read_stats_csv(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    with path.open(newline="") as fh:
+        return {(row["Type"], row["Name"]): row for row in csv.DictReader(fh)}
+
+
+@pytest.mark.integration
+def test_headless_shape_run_against_the_real_services(lab: dict[str, str], tmp_path: Path) -> None:
+    port_file = tmp_path / "metrics.port"
+    env = child_env(
+        LOCUST_SHAPE_DURATION="15",  # the steady shape, squeezed from 10 min to 15 s
+        LOCUST_SHAPE_USERS="5",
+        LOCUST_WAIT_MIN="0.05",
+        LOCUST_WAIT_MAX="0.2",
+        LOCUST_DECLINE_RATE="0.3",  # enough declines in a short run to see them counted
+        LOCUST_METRICS_PORT="0",
+        LOCUST_METRICS_PORT_FILE=str(port_file),
+    )
+    cmd = locust_cmd("locustfile.py", "shapes/steady.py")
+    cmd += ["--headless", "--host", lab["gateway"], "--only-summary"]
+    cmd += ["--csv", str(tmp_path / "run"), "--html", str(tmp_path / "report.html")]
+    cmd += ["--json-file", str(tmp_path / "stats")]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = open(tmp_path / "locust.log", "wb")  # closed in finally
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        port = int(poll("the exporter's port file", lambda: _read(port_file), timeout=30))
+        metrics_url = f"http://127.0.0.1:{port}/metrics"
+        with httpx.Client(trust_env=False, timeout=2.0) as client:
+            first = poll(
+                "locust_requests_total > 0",
+                lambda: (
+                    (scrape_requests_total(client, metrics_url) or 0) > 0
+                    and scrape_requests_total(client, metrics_url)
+                ),
+                timeout=20,
+            )
+            poll(
+                "locust_requests_total to rise",
+                lambda: (scrape_requests_total(client, metrics_url) or 0) > first,
+                timeout=10,
+            )
+            # a declined test card: a success for Locust, a separate outcome for Prometheus
+            poll(
+                "a declined checkout on /metrics",
+                lambda: scrape_sample(client, metrics_url, DECLINED) > 0,
+                timeout=20,
+            )
+        rc = proc.wait(timeout=90)
+    finally:
+        stop_process(proc)
+        out.close()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    log = (tmp_path / "locust.log").read_text(errors="replace")
+
+    stats = read_stats_csv(tmp_path / "run_stats.csv")
+    failures = (tmp_path / "run_failures.csv").read_text()
+    assert rc == 0, f"locust exit {rc}; failures:\n{failures}\n{log[-3000:]}"
+    assert "Shape test completed" in log  # the steady shape ran and ended the run
+    assert set(stats) - {("", "Aggregated")} == ROUTES  # named by route template only
+    assert int(stats[("POST", "/api/checkout")]["Request Count"]) > 0
+    for route in ROUTES:
+        assert int(stats[route]["Failure Count"]) == 0, failures
+    assert int(stats[("GET", "/api/orders/{order_id}")]["Request Count"]) > 0
+    assert (tmp_path / "report.html").stat().st_size > 0
+    assert json.loads((tmp_path / "stats.json").read_text())
+
+    assert "checkout outcomes: " in log and "declined=" in log
+
+    requests = int(stats[("", "Aggregated")]["Request Count"])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    per_1k = cpu / requests * 1000
+    print(f"\nLocust: {requests} requests, {cpu:.2f} CPU s incl. start-up, {per_1k:.2f} s/1k")
+
+
+@pytest.mark.integration
+def test_web_ui_serves_stats_and_metrics(lab: dict[str, str], tmp_path: Path) -> None:
+    port_file = tmp_path / "metrics.port"
+    env = child_env(
+        LOCUST_WAIT_MIN="0.1",
+        LOCUST_WAIT_MAX="0.3",
+        LOCUST_METRICS_PORT="0",
+        LOCUST_METRICS_PORT_FILE=str(port_file),
+    )
+    cmd = locust_cmd("locustfile.py")
+    cmd += ["--host", lab["gateway"], "--web-host", "127.0.0.1", "--web-port", "0"]
+    cmd += ["--autostart", "--autoquit", "0", "-u", "2", "-r", "2", "-t", "8s"]
+    out = open(tmp_path / "locust.log", "wb")  # closed in finally
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        metrics_port = int(poll("the exporter's port file", lambda: _read(port_file), timeout=30))
+        web_port = poll(
+            "the web UI's port",
+            lambda: next(iter(_listening(proc.pid) - {metrics_port}), None),
+            timeout=30,
+        )
+        web = f"http://127.0.0.1:{web_port}"
+        with httpx.Client(trust_env=False, timeout=2.0) as client:
+            assert client.get(f"{web}/").status_code == 200
+            poll(
+                "requests on the web UI's /metrics",
+                lambda: (scrape_requests_total(client, f"{web}/metrics") or 0) > 0,
+                timeout=20,
+            )
+            stats = client.get(f"{web}/stats/requests").json()
+        rc = proc.wait(timeout=60)
+    finally:
+        stop_process(proc)
+        out.close()
+    log = (tmp_path / "locust.log").read_text(errors="replace")
+    assert rc == 0, log[-3000:]
+    names = {row["name"] for row in stats["stats"]}
+    assert names <= {name for _, name in ROUTES} | {"Aggregated"} and "/api/products" in names
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _listening(pid: int) -> set[int]:
+    try:
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return set()
+    return {c.laddr.port for c in conns if c.status == psutil.CONN_LISTEN and c.laddr}
