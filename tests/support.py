@@ -123,9 +123,21 @@ class ServiceProcs:
                 log = self.log_file(name).open("ab")
                 fd = socks[name].fileno()
                 self.procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "uvicorn", f"services.{name}.main:create_app",
-                     "--factory", "--fd", str(fd), "--no-access-log"],
-                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=(fd,),
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        f"services.{name}.main:create_app",
+                        "--factory",
+                        "--fd",
+                        str(fd),
+                        "--no-access-log",
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(fd,),
                 )
                 log.close()
         finally:

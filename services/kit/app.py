@@ -37,7 +37,7 @@ class Kit:
         self.settings = (settings or Settings()).for_service(name)
         self.name = name
         configure_logging(name, self.settings.log_level)
-        self.log = get_logger()
+        self.log = get_logger(service=name)
         self.metrics = Metrics(
             name, self.settings.service_version, self.settings.deployment_environment
         )

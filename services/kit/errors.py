@@ -42,11 +42,6 @@ class DownstreamError(ServiceError):
         self.peer = peer
 
 
-class BodyTooLarge(ServiceError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, "body_too_large", f"request body exceeds {limit} bytes")
-
-
 _STATUS_CODES = {
     400: "bad_request",
     401: "unauthorized",

@@ -14,8 +14,10 @@ from opentelemetry import trace
 
 from .context import correlation_id_var
 
+# Keys whose values never reach a log line (card_last4 is fine: it is not a secret).
 _SECRET_KEYS = re.compile(
-    r"pass(word)?|secret|token|authori[sz]ation|cookie|api[_-]?key|card|cvc|cvv|pan", re.I
+    r"pass(word|wd)?$|secret|token|authori[sz]ation|cookie|api[_-]?key|card_?number|cvc|cvv|^pan$",
+    re.I,
 )
 # 13-19 digits, optionally split by spaces or dashes: a card number (PAN).
 _PAN = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
@@ -130,6 +132,7 @@ def configure_logging(service: str, level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the kit logs its own calls
     for name in ("uvicorn", "uvicorn.error"):
         lg = logging.getLogger(name)
         lg.handlers[:] = []

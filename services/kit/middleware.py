@@ -13,7 +13,7 @@ from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import correlation_id_var
-from .errors import BodyTooLarge, error_response
+from .errors import error_response
 from .logs import get_logger
 from .metrics import Metrics
 
@@ -29,7 +29,7 @@ class TelemetryMiddleware:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
-        self.log = get_logger()
+        self.log = get_logger(service=metrics.service)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,14 +68,14 @@ class TelemetryMiddleware:
             metrics.in_flight.inc()
         start = time.perf_counter()
         try:
+            if length < 0 and scope["method"] in BODY_METHODS:
+                receive, length = await self._buffer(receive)
             if length > self.max_body:
                 response = error_response(
                     413, "body_too_large", f"request body exceeds {self.max_body} bytes"
                 )
                 await response(scope, receive, send_wrapper)
             else:
-                if length < 0 and scope["method"] in BODY_METHODS:
-                    receive = self._limit(receive)
                 await self.app(scope, receive, send_wrapper)
         finally:
             if tracked:
@@ -84,20 +84,22 @@ class TelemetryMiddleware:
                 self._record(scope, status, elapsed, trace_id)
             correlation_id_var.reset(token)
 
-    def _limit(self, receive: Receive) -> Receive:
-        """A chunked body has no content-length: count it as it arrives."""
+    async def _buffer(self, receive: Receive) -> tuple[Receive, int]:
+        """A chunked body has no content-length: read it (up to the limit), then replay it."""
+        messages: list[Message] = []
         seen = 0
-        limit = self.max_body
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
+            messages.append(message)
             seen += len(message.get("body", b""))
-            if seen > limit:
-                raise BodyTooLarge(limit)
-            return message
+            if seen > self.max_body or not message.get("more_body", False):
+                break
+        replay = iter(messages)
 
-        return limited
+        async def replayed() -> Message:
+            return next(replay, None) or await receive()
+
+        return replayed, seen
 
     def _record(self, scope: Scope, status: int, elapsed: float, trace_id: str) -> None:
         route = scope.get("route")
