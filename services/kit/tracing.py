@@ -25,7 +25,7 @@ propagate.set_global_textmap(
 
 
 class JsonLinesSpanExporter(SpanExporter):
-    """Writes finished spans as JSON lines, so a lab without Jaeger (and the tests) can read traces."""
+    """Finished spans as JSON lines: a lab without Jaeger, and the tests, can read traces."""
 
     def __init__(self, path: str | Path) -> None:
         self._path = Path(path)
