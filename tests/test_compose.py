@@ -33,7 +33,11 @@ def _compose(*args: str) -> subprocess.CompletedProcess:
         )
     return subprocess.run(
         [exe, "-f", str(COMPOSE_FILE), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -104,7 +108,14 @@ def test_compose_file_is_valid_for_docker_compose():
 
 def test_the_whole_lab_is_there(services):
     expected = set(SERVICES) | {
-        "prometheus", "alertmanager", "receiver", "grafana", "loki", "jaeger", "alloy", "locust"
+        "prometheus",
+        "alertmanager",
+        "receiver",
+        "grafana",
+        "loki",
+        "jaeger",
+        "alloy",
+        "locust",
     }
     assert expected <= set(services), expected - set(services)
 
@@ -189,8 +200,15 @@ def test_services_run_the_documented_command_on_their_port(services):
         service = services[name]
         assert service["image"] == LOCAL_IMAGE
         assert service["command"] == [
-            "python", "-m", "uvicorn", f"services.{name}.main:create_app", "--factory",
-            "--host", "0.0.0.0", "--port", str(port),
+            "python",
+            "-m",
+            "uvicorn",
+            f"services.{name}.main:create_app",
+            "--factory",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
         ]
         assert _port_in(" ".join(service["healthcheck"]["test"])) == port
         env = service["environment"]
@@ -207,8 +225,12 @@ def test_one_network_and_named_volumes_for_data(rendered, services):
             continue
         assert list(service["networks"]) == ["lab"], name
     volumes = set(rendered["volumes"])
-    for name, path in {"prometheus": "/prometheus", "alertmanager": "/alertmanager",
-                       "loki": "/loki", "grafana": "/var/lib/grafana"}.items():
+    for name, path in {
+        "prometheus": "/prometheus",
+        "alertmanager": "/alertmanager",
+        "loki": "/loki",
+        "grafana": "/var/lib/grafana",
+    }.items():
         assert _mounts(services[name]).get(path) in volumes, f"{name} keeps {path} in a volume"
 
 
@@ -298,7 +320,10 @@ def test_loki_is_single_binary_tsdb_v13_on_the_filesystem(services):
     config = yaml.safe_load((ROOT / "deploy/loki/config.yaml").read_text())
     (schema,) = config["schema_config"]["configs"]
     assert (schema["store"], schema["schema"], schema["object_store"]) == (
-        "tsdb", "v13", "filesystem")
+        "tsdb",
+        "v13",
+        "filesystem",
+    )
     assert config["common"]["path_prefix"] == "/loki"
     assert _mounts(services["loki"])["/loki"] == "loki-data"
     port = config["server"]["http_listen_port"]
@@ -308,8 +333,15 @@ def test_loki_is_single_binary_tsdb_v13_on_the_filesystem(services):
 def test_alloy_ships_the_json_logs_of_this_project_with_service_and_level(services, dotenv):
     text = (ROOT / "deploy/alloy/config.alloy").read_text()
     assert text.count("{") == text.count("}")
-    for component in ("discovery.docker", "discovery.relabel", "loki.source.docker",
-                      "loki.process", "loki.write", "stage.json", "stage.labels"):
+    for component in (
+        "discovery.docker",
+        "discovery.relabel",
+        "loki.source.docker",
+        "loki.process",
+        "loki.write",
+        "stage.json",
+        "stage.labels",
+    ):
         assert component in text, component
     assert f"com.docker.compose.project={dotenv['COMPOSE_PROJECT_NAME']}" in text
     assert "http://loki:3100/loki/api/v1/push" in text

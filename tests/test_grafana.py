@@ -77,7 +77,7 @@ def test_data_source_urls_name_compose_services_on_their_ports():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     for path in (PROVISIONING / "datasources").glob("*.y*ml"):
         for ds in yaml.safe_load(path.read_text())["datasources"]:
-            host, port = re.fullmatch(r"http://([\w-]+):(\d+)", ds["url"]).groups()
+            host = re.fullmatch(r"http://([\w-]+):\d+", ds["url"])[1]
             assert host in compose, ds["url"]
 
 
@@ -112,7 +112,7 @@ def test_exemplars_link_by_the_label_the_services_put_on_them(datasources):
     (dest,) = datasources["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
     assert dest["name"] == "trace_id"  # docs/telemetry.md: exemplars carry trace_id
     kit = "\n".join(p.read_text() for p in (ROOT / "services" / "kit").glob("*.py"))
-    assert re.search(r"exemplar\s*=\s*\{\"trace_id\"", kit), "the kit no longer puts trace_id on exemplars"
+    assert re.search(r"exemplar\s*=\s*\{\"trace_id\"", kit), "exemplars lost their trace_id"
 
 
 def test_trace_to_logs_maps_service_name_to_the_loki_label_and_filters_by_trace(datasources):
@@ -138,9 +138,7 @@ def test_derived_field_finds_the_trace_id_in_a_real_service_log_line(datasources
     with tracer.start_as_current_span("checkout") as span:
         get_logger().info("checkout_done", order_id="o-1")
         trace_id = format(span.get_span_context().trace_id, "032x")
-    line = next(
-        ln for ln in capfd.readouterr().out.splitlines() if "checkout_done" in ln
-    )
+    line = next(ln for ln in capfd.readouterr().out.splitlines() if "checkout_done" in ln)
     record = json.loads(line)
     for key in ("service", "level", "trace_id"):  # what Alloy's stage.json extracts
         assert key in record, key
@@ -179,7 +177,10 @@ def test_dashboards_are_valid_and_uniquely_identified(dashboards):
 
 def test_the_four_dashboards_exist(dashboards):
     assert {d["uid"] for d in dashboards.values()} >= {
-        "triagelab-overview", "triagelab-service", "triagelab-slos", "triagelab-load"
+        "triagelab-overview",
+        "triagelab-service",
+        "triagelab-slos",
+        "triagelab-load",
     }
 
 
@@ -211,7 +212,8 @@ def test_latency_panels_show_exemplars(dashboards):
             if panel["type"] not in {"timeseries", "heatmap"}:
                 continue
             for target in panel.get("targets", []):
-                if re.search(r"http_(client_)?request_duration_seconds_bucket", target.get("expr", "")):
+                expr = target.get("expr", "")
+                if re.search(r"http_(client_)?request_duration_seconds_bucket", expr):
                     seen += 1
                     assert target.get("exemplar") is True, f"{name} / {panel['title']}"
     assert seen >= 5
