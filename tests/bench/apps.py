@@ -1,0 +1,48 @@
+"""The apps the overhead benchmark serves, as uvicorn factories (`uvicorn --factory`).
+
+- `bare_app`: plain FastAPI, one trivial endpoint, no instrumentation at all.
+- `kit_app`: the same endpoint in an app built by the kit (`Kit.build_app`), so it carries the
+  full instrumentation every service has: FastAPI instrumentation with 100% sampled traces
+  exported through a BatchSpanProcessor (to SPAN_FILE), RED metrics with exemplars, one JSON
+  access-log line per request on stdout.
+- `kit_notrace_app`: the kit app with the FastAPI instrumentation switched off, to attribute
+  the cost (the kit's own middleware, metrics and logs vs tracing).
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+from fastapi import APIRouter, FastAPI
+
+from services.kit import Settings
+from services.kit.app import FastAPIInstrumentor, Kit
+
+SERVICE = "gateway"  # the kit only builds apps for the five known service names
+
+
+async def ping() -> dict:
+    return {"ok": True}
+
+
+def bare_app() -> FastAPI:
+    app = FastAPI(title="bench-bare")
+    app.add_api_route("/ping", ping, methods=["GET"])
+    return app
+
+
+def _router() -> APIRouter:
+    router = APIRouter()
+    router.add_api_route("/ping", ping, methods=["GET"])
+    return router
+
+
+def kit_app() -> FastAPI:
+    settings = Settings()  # SPAN_FILE, TRACE_SAMPLE_RATIO... from the environment
+    return Kit(SERVICE, settings).build_app(title="bench-kit", routers=[_router()])
+
+
+def kit_notrace_app() -> FastAPI:
+    settings = Settings()
+    with mock.patch.object(FastAPIInstrumentor, "instrument_app", lambda *a, **k: None):
+        return Kit(SERVICE, settings).build_app(title="bench-kit-notrace", routers=[_router()])
