@@ -59,7 +59,9 @@ def parse_port(name: str, raw: str, allow_zero: bool = True) -> int:
     try:
         port = int(text, 10)
     except ValueError:
-        raise LabError(f"{name}={raw!r} is not a port number (an integer 1-65535)") from None
+        raise LabError(
+            f"{name}={raw!r} is not a port number (1-65535, or 0 for any free port)"
+        ) from None
     low = 0 if allow_zero else 1
     if not low <= port <= 65535:
         raise LabError(f"{name}={port} is out of range (1-65535, or 0 for any free port)")

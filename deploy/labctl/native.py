@@ -146,9 +146,10 @@ class NativeLab:
         self.timeout = timeout
         self.stop_grace = stop_grace
         self.out = out
-        self.alertmanager_source = alertmanager_config or (
-            self.root / "deploy" / "alertmanager" / "alertmanager.yml"
-        )
+        configured = alertmanager_config or self.env.get("ALERTMANAGER_CONFIG", "").strip()
+        self.alertmanager_source = Path(
+            configured or self.root / "deploy" / "alertmanager" / "alertmanager.yml"
+        ).resolve()
         self._http = httpx.Client(timeout=1.0, trust_env=False)
 
     # ----------------------------------------------------------------- layout
@@ -267,6 +268,7 @@ class NativeLab:
             f"port {receiver_port} (RECEIVER_PORT). Edit the source, not this copy.\n"
         )
         target = self.runtime_dir / "alertmanager" / "alertmanager.yml"
+        target.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(target, header + rendered)
         return target
 
@@ -401,11 +403,15 @@ class NativeLab:
             if asked and asked != entry["port"]:
                 self.out(f"  note: {name} already runs on port {entry['port']}, not {asked}")
             self.out(f"  {name:<13} already running (pid {proc.pid})")
-        wanted = [c for c in COMPONENTS if not self.off_reason(c)]
+        off = {c: reason for c in COMPONENTS if (reason := self.off_reason(c))}
+        wanted = [c for c in COMPONENTS if c in running or c not in off]
         to_start = [c for c in wanted if c not in running]
-        for name in COMPONENTS:
-            if reason := self.off_reason(name):
+        for name, reason in off.items():
+            if name not in running:
                 self.out(f"  {name:<13} skipped: {reason}")
+        state = self._load_state()
+        state["off"] = {c: r for c, r in off.items() if c not in running}
+        self._save_state(state)
         if not to_start:
             self.out("The lab is already running.")
             return self.status()
@@ -571,11 +577,16 @@ class NativeLab:
 
     def status(self) -> list[ComponentStatus]:
         running = self._running()
+        recorded_off = self._load_state().get("off")
         rows = []
         for name in COMPONENTS:
             spec = SPECS[name]
             if name not in running:
-                reason = self.off_reason(name)
+                # What the last `up` left off (e.g. --no-load) is off, not stopped.
+                if recorded_off is not None:
+                    reason = recorded_off.get(name, "")
+                else:
+                    reason = self.off_reason(name)
                 state = "off" if reason else "stopped"
                 rows.append(ComponentStatus(name, state, what=spec.what, note=reason))
                 continue
