@@ -52,7 +52,7 @@ async def in_process(settings: Settings, names=SERVICE_NAMES) -> AsyncIterator[d
         clients = {}
         for n in names:
             clients[n] = await stack.enter_async_context(
-                httpx.AsyncClient(transport=transports[n], base_url=f"http://{n}")
+                httpx.AsyncClient(transport=transports[n], base_url="http://127.0.0.1")
             )
         clients["_apps"] = apps
         yield clients

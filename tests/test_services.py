@@ -381,3 +381,14 @@ async def test_notification_outage_does_not_fail_checkout(shop, settings):
             break
         await __import__("anyio").sleep(0.02)
     assert rows and rows[0]["order_id"] == order_id
+
+
+async def test_error_series_exist_at_zero_before_any_traffic(shop):
+    metrics = (await shop["gateway"].get("/metrics")).text
+    for status in ("201", "500"):
+        line = f'http_requests_total{{method="POST",route="/api/checkout",status="{status}"}} 0.0'
+        assert line in metrics
+    assert 'http_request_duration_seconds_bucket{le="0.5",method="POST",route="/api/checkout"}' in (
+        metrics
+    )
+    assert "/healthz" not in metrics and "/metrics" not in metrics

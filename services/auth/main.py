@@ -77,7 +77,7 @@ async def login(body: LoginRequest, kit: KitDep) -> TokenOut:
         "iss": ISSUER,
         "jti": uuid.uuid4().hex,
     }
-    token = jwt.encode(claims, kit.state["signing_key"](), algorithm=ALGORITHM)
+    token = jwt.encode(claims, kit.settings.jwt_secret, algorithm=ALGORITHM)
     kit.log.info("login_succeeded", username=body.username)
     return TokenOut(access_token=token, expires_in=ttl)
 
@@ -94,7 +94,7 @@ async def verify(
     try:
         claims = jwt.decode(
             token,
-            kit.state["signing_key"](),
+            kit.state["verify_key"],
             algorithms=[ALGORITHM],
             issuer=ISSUER,
             options={"require": ["exp", "sub", "iss"]},
@@ -122,8 +122,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         kit.state["logins"].labels(outcome)
     for outcome in ("valid", "invalid", "expired"):
         kit.state["verifications"].labels(outcome)
-    # A function, so a fault can swap the key (a "signing key mismatch" drill).
-    kit.state["signing_key"] = lambda: kit.settings.jwt_secret
+    # Verification has its own reference to the key, so a fault can make the two disagree
+    # (a botched key rotation: every token is rejected, a 401 storm).
+    kit.state["verify_key"] = kit.settings.jwt_secret
+
+    async def key_mismatch(_fault):
+        kit.state["verify_key"] = "rotated-" + uuid.uuid4().hex
+
+        async def restore() -> None:
+            kit.state["verify_key"] = kit.settings.jwt_secret
+
+        return restore
+
+    kit.faults.register("signing_key_mismatch", key_mismatch)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from .db import Database
 from .errors import error_response, install_error_handlers
+from .faults import FaultManager, FaultMiddleware, admin_router
 from .http import ServiceClient
 from .logs import configure_logging, get_logger
 from .metrics import Metrics
@@ -50,6 +51,7 @@ class Kit:
         self.state: dict[str, Any] = {}
         # Tests wire services together in-process by handing each peer an ASGI transport.
         self.transports: dict[str, Any] = {}
+        self.faults = FaultManager(self)
 
     def client(self, peer: str) -> ServiceClient:
         """The (single, pooled) client for a peer, with that hop's own timeout."""
@@ -104,6 +106,7 @@ class Kit:
             finally:
                 for client in kit.clients.values():
                     await client.aclose()
+                await kit.faults.shutdown()
                 if kit.database is not None:
                     await kit.database.dispose()
                 kit.tracer_provider.shutdown()
@@ -117,16 +120,16 @@ class Kit:
         app.state.kit = self
         install_error_handlers(app)
         app.include_router(_ops_router())
+        app.include_router(admin_router())
         for router in routers:
             app.include_router(router)
+        # The service's own routes (FastAPI wraps included routers, so ask the routers).
+        api_routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
         self.metrics.initialise_routes(
-            [
-                (method, route.path, route.status_code or 200)
-                for route in app.routes
-                if isinstance(route, APIRoute) and route.include_in_schema
-                for method in route.methods
-            ]
+            [(m, r.path, r.status_code or 200) for r in api_routes for m in r.methods]
         )
+        # Innermost first: faults act inside telemetry, so they show as symptoms only.
+        app.add_middleware(FaultMiddleware, manager=self.faults, routes=api_routes)
         app.add_middleware(
             TelemetryMiddleware, metrics=self.metrics, max_body_bytes=self.settings.max_body_bytes
         )

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
 
     # Admin API (fault injection)
     admin_token: str = "triagelab-admin"
+    fault_audit_file: str = ""
 
     # auth
     jwt_secret: str = "triagelab-dev-secret-change-me-0123456789"

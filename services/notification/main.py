@@ -276,6 +276,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     kit = Kit("notification", settings)
     outbox = kit.state["outbox"] = Outbox(kit)
 
+    async def stall(fault):
+        outbox.stalled_until = fault.expires_at
+
+        async def resume() -> None:
+            outbox.stalled_until = 0.0
+            outbox.wake.set()
+
+        return resume
+
+    kit.faults.register("worker_stall", stall)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await kit.open_database().create_all(Base.metadata)

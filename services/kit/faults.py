@@ -1,0 +1,458 @@
+"""Fault injection, shared by all five services: a token-protected admin API and a middleware.
+
+Faults are data (a kind, parameters, a time-to-live) and expire on their own, so a forgotten
+fault cannot wedge the lab. They show up only as symptoms: there is no fault metric, no fault
+span attribute, and the error bodies look like real failures. The admin API writes an audit
+trail to its own file (FAULT_AUDIT_FILE), not to the service's log stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, field_validator
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .errors import ServiceError, error_response
+
+if TYPE_CHECKING:
+    from .app import Kit
+
+DEFAULT_ADMIN_TOKEN = "triagelab-admin"
+MAX_TTL = 3600
+
+
+class _Fault(BaseModel):
+    model_config = {"extra": "forbid"}
+    ttl_seconds: float = Field(300, gt=0, le=MAX_TTL, description="auto-expiry, at most 1 hour")
+
+
+class _RequestFault(_Fault):
+    probability: float = Field(1.0, ge=0, le=1)
+    route: str | None = Field(
+        None, max_length=200, description="regex matched against the request path"
+    )
+
+    @field_validator("route")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"route is not a valid regex: {exc}") from exc
+        return value
+
+
+class LatencyFault(_RequestFault):
+    """Adds ms (± jitter_ms) before the request is handled."""
+
+    kind: Literal["latency"]
+    ms: float = Field(gt=0, le=60_000)
+    jitter_ms: float = Field(0, ge=0, le=60_000)
+
+
+class ErrorFault(_RequestFault):
+    """Answers with `status` instead of handling the request."""
+
+    kind: Literal["error"]
+    status: int = Field(500, ge=500, le=599)
+
+
+class HangFault(_RequestFault):
+    """Holds the request for `seconds` (longer than any caller waits), then handles it."""
+
+    kind: Literal["hang"]
+    seconds: float = Field(30, gt=0, le=600)
+
+
+class CpuBurnFault(_Fault):
+    """A thread that keeps the CPU (and the GIL) busy `load` of the time."""
+
+    kind: Literal["cpu_burn"]
+    load: float = Field(0.8, gt=0, le=1)
+
+
+class MemoryGrowthFault(_Fault):
+    """Allocates `mb_per_second` until `max_mb`, like a leak."""
+
+    kind: Literal["memory_growth"]
+    mb_per_second: float = Field(5, gt=0, le=100)
+    max_mb: int = Field(300, gt=0, le=2048)
+
+
+class DbPoolExhaustionFault(_Fault):
+    """Checks out `connections` from the pool and holds them (default: all of them)."""
+
+    kind: Literal["db_pool_exhaustion"]
+    connections: int | None = Field(None, gt=0, le=400)
+
+
+class WorkerStallFault(_Fault):
+    """notification: the delivery worker stops picking up work."""
+
+    kind: Literal["worker_stall"]
+
+
+class CrashFault(_Fault):
+    """The process exits (no supervisor restarts it in the native lab)."""
+
+    kind: Literal["crash"]
+    exit_code: int = Field(70, ge=1, le=255)
+
+
+class BadReleaseFault(_RequestFault):
+    """A new version label, and one route starts failing."""
+
+    kind: Literal["bad_release"]
+    version: str = Field("1.1.0", min_length=1, max_length=40)
+    status: int = Field(500, ge=500, le=599)
+    probability: float = Field(0.3, ge=0, le=1)
+
+
+class SigningKeyMismatchFault(_Fault):
+    """auth: tokens are verified with a key other than the one that signed them (401 storm)."""
+
+    kind: Literal["signing_key_mismatch"]
+
+
+FaultSpec = Annotated[
+    LatencyFault
+    | ErrorFault
+    | HangFault
+    | CpuBurnFault
+    | MemoryGrowthFault
+    | DbPoolExhaustionFault
+    | WorkerStallFault
+    | CrashFault
+    | BadReleaseFault
+    | SigningKeyMismatchFault,
+    Field(discriminator="kind"),
+]
+FAULT_KINDS = (
+    "latency",
+    "error",
+    "hang",
+    "cpu_burn",
+    "memory_growth",
+    "db_pool_exhaustion",
+    "worker_stall",
+    "crash",
+    "bad_release",
+    "signing_key_mismatch",
+)
+REQUEST_KINDS = frozenset({"latency", "error", "hang", "bad_release"})
+
+Starter = Callable[["ActiveFault"], Awaitable[Callable[[], Awaitable[None]] | None]]
+
+
+class FaultIn(BaseModel):
+    fault: FaultSpec
+
+
+class ActiveFault:
+    def __init__(self, spec: Any) -> None:
+        self.id = "flt_" + uuid.uuid4().hex[:12]
+        self.spec = spec
+        self.started_at = time.time()
+        self.expires_at = self.started_at + spec.ttl_seconds
+        self.route = re.compile(spec.route) if getattr(spec, "route", None) else None
+        self.stop: Callable[[], Awaitable[None]] | None = None
+
+    def describe(self) -> dict:
+        return {
+            "id": self.id,
+            "kind": self.spec.kind,
+            "params": self.spec.model_dump(exclude={"kind"}),
+            "started_at": self.started_at,
+            "expires_at": self.expires_at,
+        }
+
+
+class FaultManager:
+    """Active faults of one service instance, their side effects, and their expiry."""
+
+    def __init__(self, kit: Kit) -> None:
+        self.kit = kit
+        self.active: dict[str, ActiveFault] = {}
+        self.request_faults: tuple[ActiveFault, ...] = ()  # read on every request: kept tiny
+        self.starters: dict[str, Starter] = {
+            "cpu_burn": self._cpu_burn,
+            "memory_growth": self._memory_growth,
+            "crash": self._crash,
+            "bad_release": self._bad_release,
+        }
+        self._reaper: asyncio.Task | None = None
+        path = kit.settings.fault_audit_file or str(kit.settings.data_dir / "faults-audit.jsonl")
+        self.audit_path = Path(path)
+
+    def supports(self, kind: str) -> bool:
+        if kind == "db_pool_exhaustion":
+            return self.kit.database is not None
+        return kind in REQUEST_KINDS or kind in self.starters
+
+    def register(self, kind: str, starter: Starter) -> None:
+        """A service adds a fault kind of its own (e.g. notification's worker stall)."""
+        self.starters[kind] = starter
+
+    async def add(self, spec: Any) -> ActiveFault:
+        if not self.supports(spec.kind):
+            raise ServiceError(
+                422,
+                "fault_not_supported",
+                f"fault kind {spec.kind!r} does not apply to service {self.kit.name!r}",
+            )
+        fault = ActiveFault(spec)
+        starter = self.starters.get(spec.kind)
+        if spec.kind == "db_pool_exhaustion":
+            starter = self._db_pool_exhaustion
+        if starter is not None:
+            fault.stop = await starter(fault)
+        self.active[fault.id] = fault
+        self._refresh()
+        self._audit("fault_set", fault)
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.create_task(self._reap())
+        return fault
+
+    async def remove(self, fault_id: str, reason: str = "cleared") -> bool:
+        fault = self.active.pop(fault_id, None)
+        if fault is None:
+            return False
+        self._refresh()
+        if fault.stop is not None:
+            await fault.stop()
+        self._audit("fault_" + reason, fault)
+        return True
+
+    async def clear(self) -> int:
+        ids = list(self.active)
+        for fault_id in ids:
+            await self.remove(fault_id)
+        return len(ids)
+
+    async def shutdown(self) -> None:
+        await self.clear()
+        if self._reaper is not None:
+            self._reaper.cancel()
+
+    def _refresh(self) -> None:
+        self.request_faults = tuple(f for f in self.active.values() if f.spec.kind in REQUEST_KINDS)
+
+    async def _reap(self) -> None:
+        while self.active:
+            now = time.time()
+            for fault in [f for f in self.active.values() if f.expires_at <= now]:
+                await self.remove(fault.id, "expired")
+            next_expiry = min((f.expires_at for f in self.active.values()), default=now + 1)
+            await asyncio.sleep(max(0.05, min(1.0, next_expiry - time.time())))
+
+    def _audit(self, event: str, fault: ActiveFault) -> None:
+        record = {"ts": time.time(), "event": event, "service": self.kit.name, **fault.describe()}
+        self.audit_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.audit_path.open("ab") as f:
+            f.write(orjson.dumps(record) + b"\n")
+
+    # --- side effects of the non-request kinds ------------------------------------------
+
+    async def _cpu_burn(self, fault: ActiveFault):
+        stop = threading.Event()
+        load = fault.spec.load
+
+        def burn() -> None:
+            while not stop.is_set():
+                end = time.perf_counter() + 0.02 * load
+                while time.perf_counter() < end:
+                    pass
+                time.sleep(0.02 * (1 - load))
+
+        thread = threading.Thread(target=burn, name="cpu-burn", daemon=True)
+        thread.start()
+
+        async def stopper() -> None:
+            stop.set()
+            await asyncio.to_thread(thread.join, 2)
+
+        return stopper
+
+    async def _memory_growth(self, fault: ActiveFault):
+        hoard: list[bytearray] = []
+        spec = fault.spec
+
+        async def grow() -> None:
+            while len(hoard) < spec.max_mb:
+                chunk = max(1, int(spec.mb_per_second / 10))
+                for _ in range(min(chunk, spec.max_mb - len(hoard))):
+                    hoard.append(bytearray(os.urandom(1024)) * 1024)  # touched: counts as RSS
+                await asyncio.sleep(0.1)
+
+        task = asyncio.create_task(grow())
+
+        async def stopper() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            hoard.clear()
+
+        return stopper
+
+    async def _db_pool_exhaustion(self, fault: ActiveFault):
+        db = self.kit.database
+        settings = self.kit.settings
+        wanted = fault.spec.connections or settings.db_pool_size + settings.db_max_overflow
+        held = []
+        for _ in range(wanted):
+            try:
+                held.append(await asyncio.wait_for(db.engine.connect(), 1.0))
+            except (TimeoutError, Exception):
+                break
+
+        async def stopper() -> None:
+            for conn in held:
+                await conn.close()
+
+        return stopper
+
+    async def _crash(self, fault: ActiveFault):
+        # Leave time for the admin response to be sent, then die without cleanup, like a segfault.
+        asyncio.get_running_loop().call_later(0.2, os._exit, fault.spec.exit_code)
+        return None
+
+    async def _bad_release(self, fault: ActiveFault):
+        metrics = self.kit.metrics
+        metrics.set_version(fault.spec.version)
+
+        async def stopper() -> None:
+            metrics.set_version(self.kit.settings.service_version)
+
+        return stopper
+
+
+_CODES = {
+    502: ("bad_gateway", "bad gateway"),
+    503: ("service_unavailable", "service temporarily unavailable"),
+    504: ("gateway_timeout", "gateway timeout"),
+}
+
+
+class FaultMiddleware:
+    """Applies request faults. With no fault active it costs one attribute read per request."""
+
+    def __init__(self, app: ASGIApp, manager: FaultManager, routes: list[Any]) -> None:
+        self.app = app
+        self.manager = manager
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        faults = self.manager.request_faults
+        if not faults or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path.startswith("/admin") or path in ("/healthz", "/readyz", "/metrics"):
+            await self.app(scope, receive, send)
+            return
+        for fault in faults:
+            if fault.route is not None and not fault.route.search(path):
+                continue
+            if random.random() >= fault.spec.probability:
+                continue
+            kind = fault.spec.kind
+            if kind == "latency":
+                jitter = fault.spec.jitter_ms
+                delay = fault.spec.ms + (random.uniform(-jitter, jitter) if jitter else 0)
+                await asyncio.sleep(max(delay, 0) / 1000)
+            elif kind == "hang":
+                await asyncio.sleep(fault.spec.seconds)
+            else:  # error, bad_release: fail like the real thing, route label and all
+                self._resolve_route(scope)
+                status = fault.spec.status
+                code, message = _CODES.get(status, ("internal_error", "internal server error"))
+                await error_response(status, code, message)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _resolve_route(self, scope: Scope) -> None:
+        """Label the failure with its route template, as if the handler itself had failed."""
+        for route in self.routes:
+            if scope["method"] in route.methods and route.path_regex.match(scope["path"]):
+                scope["route"] = route
+                return
+
+
+def _is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def require_admin(
+    request: Request, authorization: Annotated[str | None, Header(max_length=4096)] = None
+) -> None:
+    kit = request.app.state.kit
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ServiceError(
+            401, "missing_token", "the admin API needs 'Authorization: Bearer <ADMIN_TOKEN>'"
+        )
+    if token != kit.settings.admin_token:
+        raise ServiceError(403, "forbidden", "wrong admin token")
+    server = request.scope.get("server") or (None, None)
+    if token == DEFAULT_ADMIN_TOKEN and not _is_loopback(server[0]):
+        raise ServiceError(
+            403,
+            "default_token_refused",
+            "the default admin token only works on loopback; set ADMIN_TOKEN",
+        )
+
+
+def _manager(request: Request) -> FaultManager:
+    return request.app.state.kit.faults
+
+
+Manager = Annotated[FaultManager, Depends(_manager)]
+
+
+def admin_router() -> APIRouter:
+    router = APIRouter(
+        prefix="/admin/faults", include_in_schema=False, dependencies=[Depends(require_admin)]
+    )
+
+    @router.get("")
+    async def list_faults(faults: Manager) -> dict:
+        return {
+            "service": faults.kit.name,
+            "faults": [f.describe() for f in faults.active.values()],
+            "kinds": [k for k in FAULT_KINDS if faults.supports(k)],
+        }
+
+    @router.post("", status_code=201)
+    async def set_fault(body: FaultIn, faults: Manager) -> dict:
+        return (await faults.add(body.fault)).describe()
+
+    @router.delete("/{fault_id}")
+    async def clear_fault(fault_id: str, faults: Manager) -> dict:
+        if not await faults.remove(fault_id):
+            raise ServiceError(404, "fault_not_found", f"no active fault {fault_id}")
+        return {"cleared": 1}
+
+    @router.delete("")
+    async def clear_all(faults: Manager) -> JSONResponse:
+        return JSONResponse({"cleared": await faults.clear()})
+
+    return router

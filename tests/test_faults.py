@@ -1,0 +1,278 @@
+"""Fault injection: the admin API (auth, validation, TTL, clear) and what each fault does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import anyio
+import httpx
+import psutil
+import pytest
+
+from tests.support import ROOT, fast_settings, free_port, in_process, wait_until
+
+pytestmark = pytest.mark.anyio
+ADMIN = {"Authorization": "Bearer triagelab-admin"}
+CARD_OK = "4242424242424242"
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+async def shop(tmp_path):
+    async with in_process(fast_settings(tmp_path, db_pool_timeout_seconds=0.3)) as clients:
+        yield clients
+
+
+async def set_fault(client, **fault) -> dict:
+    r = await client.post("/admin/faults", json={"fault": fault}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def poll(predicate, attempts: int = 200, interval: float = 0.02):
+    for _ in range(attempts):
+        if result := await predicate():
+            return result
+        await anyio.sleep(interval)
+    raise AssertionError("condition not reached")
+
+
+async def test_admin_api_needs_the_token(shop):
+    pay = shop["payment"]
+    r = await pay.get("/admin/faults")
+    assert r.status_code == 401 and r.json()["code"] == "missing_token"
+    r = await pay.get("/admin/faults", headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 403
+    r = await pay.get("/admin/faults", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["faults"] == []
+    assert "db_pool_exhaustion" in r.json()["kinds"]
+    assert "worker_stall" not in r.json()["kinds"]
+
+
+async def test_default_token_is_refused_off_loopback(tmp_path):
+    async with in_process(fast_settings(tmp_path), names=("payment",)) as c:
+        app = c["_apps"]["payment"]
+        transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 5000))
+        # ASGITransport reports the server as the URL's host: make it a non-loopback address.
+        async with httpx.AsyncClient(transport=transport, base_url="http://192.0.2.10") as far:
+            r = await far.get("/admin/faults", headers=ADMIN)
+            assert r.status_code == 403 and r.json()["code"] == "default_token_refused"
+
+
+@pytest.mark.parametrize(
+    ("fault", "why"),
+    [
+        ({"kind": "meteor"}, "unknown kind"),
+        ({"kind": "error", "probability": 1.5}, "probability > 1"),
+        ({"kind": "error", "probability": -0.1}, "probability < 0"),
+        ({"kind": "latency", "ms": -5}, "negative latency"),
+        ({"kind": "latency", "ms": 100, "ttl_seconds": 10**7}, "absurd ttl"),
+        ({"kind": "latency", "ms": 100, "ttl_seconds": 0}, "zero ttl"),
+        ({"kind": "error", "status": 200}, "not an error status"),
+        ({"kind": "error", "route": "("}, "bad regex"),
+        ({"kind": "latency", "ms": 10, "colour": "red"}, "extra field"),
+    ],
+)
+async def test_invalid_faults_are_422_with_the_reason(shop, fault, why):
+    r = await shop["payment"].post("/admin/faults", json={"fault": fault}, headers=ADMIN)
+    assert r.status_code == 422, (why, r.text)
+    assert r.json()["message"]
+
+
+async def test_a_fault_for_another_service_is_422(shop):
+    r = await shop["gateway"].post(
+        "/admin/faults", json={"fault": {"kind": "worker_stall"}}, headers=ADMIN
+    )
+    assert r.status_code == 422 and r.json()["code"] == "fault_not_supported"
+
+
+async def test_error_fault_looks_like_a_real_failure_and_expires(shop, tmp_path):
+    pay = shop["payment"]
+    fault = await set_fault(
+        pay, kind="error", status=503, route="^/payments/charge$", ttl_seconds=0.5
+    )
+    body = {"order_id": "o1", "amount_cents": 100, "currency": "EUR", "card_number": CARD_OK}
+    r = await pay.post("/payments/charge", json=body, headers={"Idempotency-Key": "a"})
+    assert r.status_code == 503
+    assert "fault" not in r.text.lower()
+    assert (await pay.get("/payments")).status_code == 200  # route filter: others unaffected
+    metrics = (await pay.get("/metrics")).text
+    assert 'http_requests_total{method="POST",route="/payments/charge",status="503"} 1.0' in metrics
+    assert "fault" not in metrics.lower()  # no fault-state metric for the trainee to find
+    await poll(lambda: _no_faults(pay), attempts=100, interval=0.05)  # the TTL expires it
+    r = await pay.post("/payments/charge", json=body, headers={"Idempotency-Key": "a"})
+    assert r.status_code == 201
+    audit = [json.loads(x) for x in (tmp_path / "faults-audit.jsonl").read_text().splitlines()]
+    assert [(a["event"], a["id"]) for a in audit] == [
+        ("fault_set", fault["id"]),
+        ("fault_expired", fault["id"]),
+    ]
+
+
+async def _no_faults(client) -> bool:
+    return (await client.get("/admin/faults", headers=ADMIN)).json()["faults"] == []
+
+
+async def test_clear_one_and_clear_all(shop):
+    order = shop["order"]
+    a = await set_fault(order, kind="latency", ms=5)
+    await set_fault(order, kind="error", probability=0.1)
+    assert (await order.delete(f"/admin/faults/{a['id']}", headers=ADMIN)).json() == {"cleared": 1}
+    r = await order.delete(f"/admin/faults/{a['id']}", headers=ADMIN)
+    assert r.status_code == 404
+    assert (await order.delete("/admin/faults", headers=ADMIN)).json() == {"cleared": 1}
+    assert await _no_faults(order)
+
+
+async def test_latency_fault_delays_matching_requests(shop):
+    gw = shop["gateway"]
+    await set_fault(gw, kind="latency", ms=300, route="^/api/products$")
+    start = time.perf_counter()
+    assert (await gw.get("/api/products")).status_code == 200
+    assert time.perf_counter() - start >= 0.3
+
+
+async def test_payment_errors_surface_as_checkout_5xx(shop):
+    gw = shop["gateway"]
+    token = (
+        await gw.post("/api/login", json={"username": "alice", "password": "wonderland"})
+    ).json()["access_token"]
+    await set_fault(shop["payment"], kind="error", status=500)
+    r = await gw.post(
+        "/api/checkout",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"items": [{"product_id": "sku-mug", "quantity": 1}], "card_number": CARD_OK},
+    )
+    assert r.status_code == 502 and r.json()["code"] == "internal_error"
+    order_metrics = (await shop["order"].get("/metrics")).text
+    # The idempotent charge was retried (the retry storm a drill shows).
+    assert 'http_client_retries_total{peer="payment"} 2.0' in order_metrics
+
+
+async def test_bad_release_changes_the_version_and_breaks_a_route(shop):
+    gw = shop["gateway"]
+    fault = await set_fault(
+        gw, kind="bad_release", version="1.1.0-rc1", route="^/api/products$", probability=1.0
+    )
+    assert (await gw.get("/api/products")).status_code == 500
+    metrics = (await gw.get("/metrics")).text
+    assert 'triagelab_build_info{environment="lab",version="1.1.0-rc1"} 1.0' in metrics
+    assert 'version="1.0.0"' not in metrics
+    await gw.delete(f"/admin/faults/{fault['id']}", headers=ADMIN)
+    assert 'version="1.0.0"' in (await gw.get("/metrics")).text
+
+
+async def test_signing_key_mismatch_is_a_401_storm_until_cleared(shop):
+    gw, auth = shop["gateway"], shop["auth"]
+    token = (await gw.post("/api/login", json={"username": "bob", "password": "builder"})).json()[
+        "access_token"
+    ]
+    headers = {"Authorization": f"Bearer {token}"}
+    fault = await set_fault(auth, kind="signing_key_mismatch")
+    r = await gw.get("/api/orders/ord_x", headers=headers)
+    assert r.status_code == 401 and r.json()["code"] == "invalid_token"
+    await auth.delete(f"/admin/faults/{fault['id']}", headers=ADMIN)
+    assert (await gw.get("/api/orders/ord_x", headers=headers)).status_code == 404
+
+
+async def test_db_pool_exhaustion_gives_503_not_a_hang(shop):
+    order = shop["order"]
+    fault = await set_fault(order, kind="db_pool_exhaustion")
+    r = await order.post(
+        "/orders",
+        json={
+            "user": "a",
+            "card_number": CARD_OK,
+            "items": [{"product_id": "sku-mug", "quantity": 1}],
+        },
+    )
+    assert r.status_code == 503 and r.json()["code"] == "db_pool_exhausted"
+    metrics = (await order.get("/metrics")).text
+    assert "db_pool_checked_out 10.0" in metrics
+    assert "db_pool_timeouts_total 1.0" in metrics
+    await order.delete(f"/admin/faults/{fault['id']}", headers=ADMIN)
+    r = await order.post(
+        "/orders",
+        json={
+            "user": "a",
+            "card_number": CARD_OK,
+            "items": [{"product_id": "sku-mug", "quantity": 1}],
+        },
+    )
+    assert r.status_code == 201
+
+
+async def test_worker_stall_holds_deliveries_until_cleared(shop):
+    ntf = shop["notification"]
+    fault = await set_fault(ntf, kind="worker_stall")
+    nid = (await ntf.post("/notifications", json={"order_id": "o9", "recipient": "a"})).json()[
+        "notification_id"
+    ]
+    for _ in range(10):  # the worker polls every 50 ms in tests: ten polls pass, nothing moves
+        await anyio.sleep(0.05)
+        assert (await ntf.get(f"/notifications/{nid}")).json()["status"] == "queued"
+    assert "notification_queue_depth 1.0" in (await ntf.get("/metrics")).text
+    await ntf.delete(f"/admin/faults/{fault['id']}", headers=ADMIN)
+
+    async def delivered():
+        return (await ntf.get(f"/notifications/{nid}")).json()["status"] == "delivered"
+
+    await poll(delivered)
+
+
+async def test_cpu_burn_and_memory_growth_show_in_process_metrics(shop):
+    gw = shop["gateway"]
+    proc = psutil.Process()
+    cpu0, rss0 = sum(proc.cpu_times()[:2]), proc.memory_info().rss
+    await set_fault(gw, kind="cpu_burn", load=0.9)
+    await set_fault(gw, kind="memory_growth", mb_per_second=100, max_mb=60)
+
+    async def grown():
+        return proc.memory_info().rss - rss0 > 50 * 1024 * 1024
+
+    await poll(grown, attempts=100, interval=0.05)
+    assert sum(proc.cpu_times()[:2]) - cpu0 > 0.2
+    await gw.delete("/admin/faults", headers=ADMIN)
+
+
+def test_crash_fault_kills_the_process(tmp_path):
+    port = free_port()
+    env = {**os.environ, "DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "services.payment.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(
+            lambda: httpx.get(url + "/healthz").status_code == 200, timeout=30, what="payment up"
+        )
+        r = httpx.post(
+            url + "/admin/faults", json={"fault": {"kind": "crash", "exit_code": 70}}, headers=ADMIN
+        )
+        assert r.status_code == 201
+        assert proc.wait(timeout=10) == 70
+    finally:
+        if proc.poll() is None:
+            proc.kill()
