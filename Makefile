@@ -49,3 +49,30 @@ lint: bootstrap ## Lint and check formatting (ruff)
 .PHONY: bench-overhead
 bench-overhead: bootstrap ## Instrumentation overhead: bare vs fully instrumented app, one core each
 	$(RUN) python -m tests.bench.overhead
+
+# --- the lab ----------------------------------------------------------------------------
+LAB := $(RUN) python -m labctl
+
+.PHONY: up
+up: bootstrap ## Start the lab (native without Docker, compose with it; MODE=native|compose)
+	$(LAB) up --mode $(MODE)
+
+.PHONY: down
+down: ## Stop what `make up` started (data is kept)
+	$(LAB) down --mode $(MODE)
+
+.PHONY: status
+status: ## Show each component, pid, URL and health
+	$(LAB) status --mode $(MODE)
+
+.PHONY: clean
+clean: ## Stop the lab and delete its data (var/)
+	$(LAB) clean --mode $(MODE)
+
+.PHONY: logs
+logs: ## Show the last lines of each component's log (compose: docker compose logs)
+	$(LAB) logs
+
+.PHONY: ps
+ps: ## Compose: list the containers
+	docker compose ps 2>/dev/null || docker-compose ps
