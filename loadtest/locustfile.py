@@ -61,6 +61,8 @@ class Shopper(FastHttpUser):
         self.password = password
         self.auth: dict[str, str] | None = None
         self.token_expires = 0.0
+        self.login_failures = 0
+        self.next_login = 0.0
         self.product_ids: list[Any] = []
         self.orders: deque[Any] = deque(maxlen=20)
         self.login()
@@ -71,15 +73,14 @@ class Shopper(FastHttpUser):
         with self.client.post(LOGIN, json=body, name=LOGIN, catch_response=True) as resp:
             if resp.status_code != 200:
                 resp.failure(f"login returned {resp.status_code}")
-                self.auth = None
-                return False
+                return self._login_failed()
             try:
                 data = resp.json()
                 token = data["access_token"]
             except (ValueError, KeyError, TypeError):
                 resp.failure("login response has no access_token")
-                self.auth = None
-                return False
+                return self._login_failed()
+        self.login_failures = 0
         self.auth = {"Authorization": f"Bearer {token}"}
         expires_in = data.get("expires_in") if isinstance(data, dict) else None
         lifetime = float(expires_in) if isinstance(expires_in, int | float) else 900.0
@@ -87,9 +88,21 @@ class Shopper(FastHttpUser):
         self.token_expires = time.monotonic() + max(lifetime - 30.0, lifetime / 2)
         return True
 
+    def _login_failed(self) -> bool:
+        """Back off (1, 2, 4 … 30 s, jittered) so an auth outage is not met with a login storm."""
+        self.auth = None
+        self.login_failures += 1
+        delay = min(30.0, 2.0 ** (self.login_failures - 1)) * random.uniform(0.5, 1.0)
+        self.next_login = time.monotonic() + delay
+        return False
+
     def logged_in(self) -> bool:
-        if self.auth is not None and time.monotonic() < self.token_expires:
+        """Whether a valid token is at hand, logging in when due; False while backing off."""
+        now = time.monotonic()
+        if self.auth is not None and now < self.token_expires:
             return True
+        if now < self.next_login:
+            return False
         return self.login()
 
     @task(6)
