@@ -1,0 +1,175 @@
+"""The native lab end to end: real services, Prometheus, Alertmanager, receiver and Locust.
+
+Everything polls with a deadline; nothing sleeps to synchronise. Traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psutil
+import pytest
+import yaml
+from labctl import procs
+from labctl.config import REPO_ROOT, SERVICES
+from labctl.native import NativeLab
+from labctl.receiver import read_alerts
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+
+
+def poll(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
+    """Call ``check`` until it returns something truthy; bounded in time and in rounds."""
+    deadline = time.monotonic() + timeout
+    pace = threading.Event()
+    last: Any = None
+    for _ in range(int(timeout / interval) + 2):
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            break
+        pace.wait(interval)
+    raise AssertionError(f"{what}: not true within {timeout:.0f}s (last: {last!r})")
+
+
+def get(lab: NativeLab, component: str, path: str, **params: str) -> httpx.Response:
+    return httpx.get(f"{lab.urls[component]}{path}", params=params, timeout=5, trust_env=False)
+
+
+def promql(lab: NativeLab, query: str) -> list[dict[str, Any]]:
+    body = get(lab, "prometheus", "/api/v1/query", query=query).json()
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def test_prometheus_scrapes_all_five_services(native_lab: NativeLab) -> None:
+    def all_up() -> dict[str, str] | None:
+        rows = promql(native_lab, 'up{service=~"gateway|auth|order|payment|notification"}')
+        values = {r["metric"]["service"]: r["value"][1] for r in rows}
+        return values if values == dict.fromkeys(SERVICES, "1") else None
+
+    up = poll(all_up, 60, "up == 1 for all five services")
+    rows = promql(native_lab, 'up{service=~"gateway|auth|order|payment|notification"}')
+    assert all(r["metric"]["job"] == r["metric"]["service"] for r in rows), rows
+    assert set(up) == set(SERVICES)
+
+
+def test_project_rule_groups_are_loaded(native_lab: NativeLab) -> None:
+    expected = set()
+    for path in sorted((REPO_ROOT / "deploy/prometheus/rules").glob("*.yml")):
+        expected |= {g["name"] for g in yaml.safe_load(path.read_text())["groups"]}
+    assert expected, "deploy/prometheus/rules/*.yml holds no rule groups"
+    groups = get(native_lab, "prometheus", "/api/v1/rules").json()["data"]["groups"]
+    assert {g["name"] for g in groups} == expected
+    assert all(g["rules"] for g in groups)
+
+
+def test_alertmanager_is_ready_and_runs_the_project_config(native_lab: NativeLab) -> None:
+    assert get(native_lab, "alertmanager", "/-/ready").status_code == 200
+    config = yaml.safe_load((REPO_ROOT / "deploy/alertmanager/alertmanager.yml").read_text())
+    receivers = {r["name"] for r in config["receivers"]}
+    status = get(native_lab, "alertmanager", "/api/v2/status").json()
+    loaded = yaml.safe_load(status["config"]["original"])
+    assert {r["name"] for r in loaded["receivers"]} == receivers
+    assert status["cluster"]["status"] == "disabled"  # --cluster.listen-address= (no gossip)
+    hooks = [h["url"] for r in loaded["receivers"] for h in r.get("webhook_configs", [])]
+    receiver = native_lab.urls["receiver"]
+    assert hooks and all(h.startswith(f"{receiver}/hook/") for h in hooks), hooks
+
+
+def test_prometheus_sends_alerts_to_the_lab_alertmanager(native_lab: NativeLab) -> None:
+    def discovered() -> list[str]:
+        body = get(native_lab, "prometheus", "/api/v1/alertmanagers").json()
+        return [a["url"] for a in body["data"]["activeAlertmanagers"]]
+
+    urls = poll(discovered, 30, "Prometheus discovers Alertmanager")
+    assert urls == [f"{native_lab.urls['alertmanager']}/api/v2/alerts"]
+
+
+def test_an_alert_reaches_the_receiver_through_alertmanager(native_lab: NativeLab) -> None:
+    now = datetime.now(UTC)
+    name = f"LabSmokeTest{int(now.timestamp())}"
+    alert = {
+        "labels": {"alertname": name, "severity": "page", "service": "labctl-test"},
+        "annotations": {"summary": "receiver smoke test"},
+        "startsAt": now.isoformat(),
+        "endsAt": (now + timedelta(seconds=30)).isoformat(),  # resolves on its own
+    }
+    url = f"{native_lab.urls['alertmanager']}/api/v2/alerts"
+    assert httpx.post(url, json=[alert], timeout=5, trust_env=False).status_code == 200
+
+    def recorded() -> list[dict[str, Any]]:
+        return [r for r in read_alerts(native_lab.alerts_file) if name in r["alertnames"]]
+
+    records = poll(recorded, 90, f"{name} recorded by the receiver")
+    assert records[0]["channel"] == "page"
+    assert records[0]["status"] == "firing"
+    listed = get(native_lab, "receiver", "/alerts", channel="page").json()
+    assert any(name in r["alertnames"] for r in listed)
+
+
+def test_locust_traffic_raises_the_checkout_counter(native_lab: NativeLab) -> None:
+    query = 'sum(http_requests_total{service="gateway",route="/api/checkout",method="POST"})'
+
+    def value() -> float | None:
+        rows = promql(native_lab, query)
+        return float(rows[0]["value"][1]) if rows and float(rows[0]["value"][1]) > 0 else None
+
+    first = poll(value, 90, "checkouts counted in Prometheus")
+    later = poll(lambda: (v := value()) and v > first and v, 60, "the checkout counter rising")
+    assert later > first
+
+
+def test_second_up_starts_nothing(native_lab: NativeLab) -> None:
+    before = {r.name: r.pid for r in native_lab.status()}
+    rows = native_lab.up()
+    assert {r.name: r.pid for r in rows} == before
+    assert all(r.state == "ready" for r in rows), [(r.name, r.state) for r in rows]
+
+
+def test_status_and_logs_per_component(native_lab: NativeLab) -> None:
+    rows = {r.name: r for r in native_lab.status()}
+    for name, row in rows.items():
+        assert row.state == "ready", name
+        assert row.pid and row.url and row.url.startswith("http://127.0.0.1:"), row
+        assert row.rss_bytes > 0
+        assert native_lab.log_file(name).stat().st_size > 0, name
+    for name in SERVICES:
+        assert (native_lab.runtime_dir / "traces" / f"{name}.jsonl").exists(), name
+
+
+def test_down_stops_every_process_and_keeps_data(native_lab: NativeLab) -> None:
+    """Runs last in this module; brings the lab back up for any later user of the fixture."""
+    lab_procs = native_lab.processes()
+    assert len(lab_procs) >= 9
+    pids = [p.pid for p in lab_procs]
+
+    stopped = native_lab.down()
+
+    assert set(stopped) == {r.name for r in native_lab.status()}
+    alive = [pid for pid in pids if psutil.pid_exists(pid) and _not_zombie(pid)]
+    assert alive == []
+    assert procs.marked_processes(str(native_lab.runtime_dir)) == []
+    assert all(r.state == "stopped" for r in native_lab.status())
+    data: Path = native_lab.runtime_dir
+    assert any((data / "data").iterdir()), "the services' databases were deleted"
+    assert any((data / "prometheus" / "data").iterdir()), "Prometheus data was deleted"
+
+    rows = native_lab.up()  # the data left behind must not stop a restart
+    assert all(r.state == "ready" for r in rows), [(r.name, r.state) for r in rows]
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
