@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -15,12 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 from labctl import procs
-from labctl.binaries import INSTALL_HINT, ensure_binaries, find_binaries
+from labctl.binaries import ENV_NAMES, INSTALL_HINT, ensure_binaries, find_binaries
 from labctl.config import COMPONENTS, DEFAULT_PORTS, LabError, Ports, port_env_name
 from labctl.native import NativeLab
 from labctl.receiver import AlertStore, _Server, read_alerts
 
 REPO = Path(__file__).resolve().parent.parent
+DOC = (REPO / "docs" / "native-lab.md").read_text()
 
 
 def lab_env(runtime: Path, **extra: str) -> dict[str, str]:
@@ -245,3 +247,17 @@ def test_up_twice_status_down(tmp_path: Path) -> None:
     assert "Stopped" in down.stdout
     assert_nothing_running(tmp_path)
     assert (tmp_path / "logs" / "gateway.log").exists()  # down keeps logs and data
+
+
+def test_every_variable_labctl_reads_is_documented() -> None:
+    source = "\n".join(
+        p.read_text() for p in (REPO / "deploy" / "labctl").glob("*.py") if p.name != "slo.py"
+    )
+    read = set(re.findall(r"""env(?:iron)?\.get\(\s*["']([A-Z][A-Z0-9_]+)["']""", source))
+    read |= set(ENV_NAMES.values()) | {port_env_name(c) for c in COMPONENTS}
+    read -= {"PATH"}
+    services = (REPO / "docs" / "configuration.md").read_text()  # service settings live there
+    table_row = r"^\| (?:\S+ \| \S+ \| )?`([A-Z][A-Z0-9_]+)` \|"
+    documented = set(re.findall(table_row, DOC + services, re.M))
+    assert {"LAB_DIR", "ADMIN_TOKEN", "GATEWAY_PORT"} <= read
+    assert read - documented == set(), "variables missing from docs/native-lab.md"
