@@ -1,0 +1,231 @@
+"""Drills as data: the schema of ``loadtest/drills/*.yaml`` and the static checks against the repo.
+
+A drill file is the whole exercise (briefing, load, fault timeline, expected and forbidden
+alerts, answer key, hints, debrief), so adding a drill is writing YAML, never code. The checks
+here (real services, fault kinds that apply to the service, real alert names, real load shapes)
+run in the unit tests, so a typo fails CI instead of a trainee's game day.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+from labctl.config import REPO_ROOT, SERVICES
+
+DRILLS_DIR = REPO_ROOT / "loadtest" / "drills"
+RULES_DIR = REPO_ROOT / "deploy" / "prometheus" / "rules"
+SHAPES_DIR = REPO_ROOT / "loadtest" / "shapes"
+
+NO_INCIDENT = "none"
+"""The answer key (service and kind) of a drill where nothing is injected."""
+
+# Fault kinds that only exist in some services (the others apply to every service).
+KIND_SERVICES: dict[str, frozenset[str]] = {
+    "worker_stall": frozenset({"notification"}),
+    "signing_key_mismatch": frozenset({"auth"}),
+    "db_pool_exhaustion": frozenset({"order", "payment", "notification"}),
+}
+
+
+def kind_applies(kind: str, service: str) -> bool:
+    """Static twin of the runtime check (GET /admin/faults lists each service's kinds)."""
+    allowed = KIND_SERVICES.get(kind)
+    return allowed is None or service in allowed
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Load(_Strict):
+    """The drill's own headless Locust run: a shape from loadtest/shapes, scaled."""
+
+    shape: str = Field(description="file name under loadtest/shapes/ without .py")
+    users: int = Field(ge=1, le=200, description="peak users (LOCUST_SHAPE_USERS)")
+    duration: float = Field(gt=0, le=3600, description="seconds (LOCUST_SHAPE_DURATION)")
+
+
+class FaultStep(_Strict):
+    """One fault on one service, from ``at`` seconds after load start, for ``for`` seconds."""
+
+    service: str
+    fault: dict[str, Any] = Field(description="the body the admin API takes under 'fault'")
+    at: float = Field(ge=0)
+    for_: float = Field(gt=0, le=3600, alias="for")
+
+    @field_validator("fault")
+    @classmethod
+    def _has_kind(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(value.get("kind"), str):
+            raise ValueError("fault needs a 'kind'")
+        return value
+
+    @property
+    def kind(self) -> str:
+        return self.fault["kind"]
+
+    @property
+    def end(self) -> float:
+        return self.at + self.for_
+
+
+class ExpectedAlert(_Strict):
+    """An alert that must fire (state firing) within ``within`` seconds of the first fault."""
+
+    alert: str
+    within: float = Field(gt=0, le=3600)
+    labels: dict[str, str] = Field(default_factory=dict, description="exact label matches")
+
+
+class Hint(_Strict):
+    text: str = Field(min_length=1)
+    cost: int = Field(ge=0, le=50, description="points it costs in blind mode")
+
+
+class Evidence(_Strict):
+    """Where the cause shows: a dashboard panel, a trace pattern, a query."""
+
+    kind: Literal["dashboard", "trace", "logql", "jq", "promql"]
+    where: str = Field(min_length=1)
+    what: str = Field(min_length=1, description="what to see there")
+
+
+class Debrief(_Strict):
+    summary: str = Field(min_length=1)
+    evidence: list[Evidence] = Field(min_length=1)
+
+
+class AnswerKey(_Strict):
+    service: str
+    kind: str
+
+
+class Drill(_Strict):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]
+    title: str = Field(min_length=1)
+    difficulty: Literal["easy", "medium", "hard"]
+    briefing: str = Field(min_length=1, description="symptoms only, never the cause")
+    load: Load
+    timeline: list[FaultStep] = Field(default_factory=list)
+    expected_alerts: list[ExpectedAlert] = Field(default_factory=list)
+    allowed_alerts: list[str] = Field(
+        default_factory=list, description="may fire (consequences of the fault), not required"
+    )
+    silent_alerts: list[str] | Literal["others"] = Field(
+        "others", description="'others': every alert neither expected nor allowed"
+    )
+    answer: AnswerKey
+    hints: list[Hint] = Field(min_length=1)
+    debrief: Debrief
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Drill:
+        for step in self.timeline:
+            if step.end > self.load.duration:
+                raise ValueError(
+                    f"fault on {step.service} ends at {step.end:.0f}s, after the load "
+                    f"({self.load.duration:.0f}s): its effect would not be observed under load"
+                )
+        if not self.timeline:
+            if (self.answer.service, self.answer.kind) != (NO_INCIDENT, NO_INCIDENT):
+                raise ValueError("a drill without faults must have the answer none/none")
+            if self.expected_alerts:
+                raise ValueError("a drill without faults cannot expect alerts")
+        elif self.answer.service == NO_INCIDENT:
+            raise ValueError("a drill with faults cannot have the answer 'none'")
+        if isinstance(self.silent_alerts, list):
+            overlap = set(self.silent_alerts) & (
+                {e.alert for e in self.expected_alerts} | set(self.allowed_alerts)
+            )
+            if overlap:
+                raise ValueError(f"alerts both expected/allowed and silent: {sorted(overlap)}")
+        return self
+
+    @property
+    def fault_start(self) -> float | None:
+        return min((s.at for s in self.timeline), default=None)
+
+    @property
+    def fault_end(self) -> float | None:
+        return max((s.end for s in self.timeline), default=None)
+
+    def is_silent(self, alertname: str) -> bool:
+        """Must this alert stay silent during the drill?"""
+        if alertname in self.allowed_alerts or any(
+            e.alert == alertname for e in self.expected_alerts
+        ):
+            return False
+        return self.silent_alerts == "others" or alertname in self.silent_alerts
+
+
+def load_drill(path: Path) -> Drill:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    drill = TypeAdapter(Drill).validate_python(data)
+    if drill.id != path.stem:
+        raise ValueError(f"{path.name}: id {drill.id!r} differs from the file name")
+    return drill
+
+
+def load_drills(directory: Path = DRILLS_DIR) -> dict[str, Drill]:
+    """Every drill, by id, in file name order."""
+    return {d.id: d for d in (load_drill(p) for p in sorted(directory.glob("*.yaml")))}
+
+
+def rule_alerts(rules_dir: Path = RULES_DIR) -> dict[str, list[dict[str, Any]]]:
+    """Alert rules by name (one name may have several rules, e.g. one per service)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(rules_dir.glob("*.yml")) + sorted(rules_dir.glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for group in doc.get("groups", []):
+            for rule in group.get("rules", []):
+                if "alert" in rule:
+                    found.setdefault(rule["alert"], []).append(rule)
+    return found
+
+
+def shapes(shapes_dir: Path = SHAPES_DIR) -> set[str]:
+    return {p.stem for p in shapes_dir.glob("*.py") if p.stem not in ("__init__", "base")}
+
+
+def problems(
+    drill: Drill,
+    alerts: dict[str, list[dict[str, Any]]],
+    fault_kinds: tuple[str, ...],
+    known_shapes: set[str],
+) -> list[str]:
+    """What in this drill does not exist in the repo (empty when the drill is sound)."""
+    out = []
+    if drill.load.shape not in known_shapes:
+        out.append(f"unknown load shape {drill.load.shape!r}")
+    for step in drill.timeline:
+        if step.service not in SERVICES:
+            out.append(f"unknown service {step.service!r}")
+        if step.kind not in fault_kinds:
+            out.append(f"unknown fault kind {step.kind!r}")
+        elif not kind_applies(step.kind, step.service):
+            out.append(f"fault kind {step.kind!r} does not apply to {step.service!r}")
+        ttl = step.fault.get("ttl_seconds")
+        if ttl is not None and ttl < step.for_:
+            out.append(f"ttl_seconds {ttl} is shorter than the step ({step.for_:.0f}s)")
+    names = (
+        [e.alert for e in drill.expected_alerts]
+        + drill.allowed_alerts
+        + (drill.silent_alerts if isinstance(drill.silent_alerts, list) else [])
+    )
+    out += [f"unknown alert {n!r}" for n in names if n not in alerts]
+    for expected in drill.expected_alerts:
+        for rule in alerts.get(expected.alert, []):
+            # A label the rule sets to a constant must agree with what the drill expects.
+            fixed = {k: v for k, v in (rule.get("labels") or {}).items() if "{{" not in str(v)}
+            clash = {k for k, v in expected.labels.items() if k in fixed and fixed[k] != v}
+            if clash and len(alerts[expected.alert]) == 1:
+                out.append(f"{expected.alert}: the rule fixes {sorted(clash)} to other values")
+    if drill.timeline:
+        service, kind = drill.answer.service, drill.answer.kind
+        if (service, kind) not in {(s.service, s.kind) for s in drill.timeline}:
+            out.append(f"answer {service}/{kind} is not a step of the timeline")
+    return out

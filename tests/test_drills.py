@@ -1,0 +1,374 @@
+"""Drills: the files are sound, scoring ranks answers sensibly, and verify works on the real lab.
+
+Unit tests read the drill files against the repository (alert rules, fault kinds, services,
+load shapes). The integration tests run drills against the native lab (real services,
+Prometheus, Alertmanager); every wait is a poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from labctl import drill as drill_cli
+from labctl.config import SERVICES
+from labctl.drill_model import (
+    KIND_SERVICES,
+    NO_INCIDENT,
+    Drill,
+    kind_applies,
+    load_drill,
+    load_drills,
+    problems,
+    rule_alerts,
+    shapes,
+)
+from labctl.drill_runner import (
+    AlertRecord,
+    AlertTracker,
+    DrillRunner,
+    check_data,
+    evaluate,
+    interruptible,
+    parse_ts,
+    time_to_detect,
+)
+from labctl.native import NativeLab
+from labctl.scoring import WRONG_GUESS_COST, Guess, score
+from pydantic import ValidationError
+
+from services.kit.faults import FAULT_KINDS
+
+DRILLS = load_drills()
+REQUIRED = {
+    "payment-latency",
+    "payment-errors",
+    "payment-hang",
+    "order-db-pool-exhaustion",
+    "notification-backlog",
+    "auth-401-storm",
+    "crash",
+    "bad-release",
+    "cpu-burn",
+    "memory-growth",
+    "retry-storm",
+    "no-incident",
+}
+CI_SUBSET = ("no-incident", "payment-errors", "crash")
+
+
+# ----------------------------------------------------------------------- drill files
+
+
+def test_every_required_drill_exists() -> None:
+    assert len(DRILLS) >= 12
+    assert REQUIRED <= set(DRILLS), sorted(REQUIRED - set(DRILLS))
+
+
+@pytest.mark.parametrize("drill_id", sorted(DRILLS))
+def test_drill_references_real_things(drill_id: str) -> None:
+    drill = DRILLS[drill_id]
+    assert problems(drill, rule_alerts(), FAULT_KINDS, shapes()) == []
+
+
+@pytest.mark.parametrize("drill_id", sorted(DRILLS))
+def test_drill_is_short_enough_for_ci(drill_id: str) -> None:
+    drill = DRILLS[drill_id]
+    assert drill.load.duration <= 300
+    for step in drill.timeline:
+        assert 60 <= step.for_ <= 300, "faults last 1-5 minutes in the lab profile"
+    for expected in drill.expected_alerts:
+        assert expected.within <= drill.load.duration - (drill.fault_start or 0)
+
+
+@pytest.mark.parametrize("drill_id", sorted(DRILLS))
+def test_briefing_does_not_give_the_answer_away(drill_id: str) -> None:
+    drill = DRILLS[drill_id]
+    text = drill.briefing.lower()
+    if drill.answer.kind != NO_INCIDENT:
+        assert drill.answer.kind.replace("_", " ") not in text
+        assert drill.answer.kind not in text
+    for step in drill.timeline:
+        assert f"{step.service} service" not in text
+
+
+def test_the_no_incident_drill_injects_nothing_and_forbids_every_alert() -> None:
+    drill = DRILLS["no-incident"]
+    assert drill.timeline == []
+    assert (drill.answer.service, drill.answer.kind) == (NO_INCIDENT, NO_INCIDENT)
+    assert drill.silent_alerts == "others" and not drill.allowed_alerts
+    assert all(drill.is_silent(name) for name in rule_alerts())
+
+
+def test_static_kind_rules_match_the_service_restrictions() -> None:
+    assert set(KIND_SERVICES) <= set(FAULT_KINDS)
+    assert kind_applies("worker_stall", "notification")
+    assert not kind_applies("worker_stall", "payment")
+    assert not kind_applies("signing_key_mismatch", "gateway")
+    assert kind_applies("db_pool_exhaustion", "order")
+    assert not kind_applies("db_pool_exhaustion", "gateway")
+    assert all(kind_applies("latency", s) for s in SERVICES)
+
+
+def _write(tmp_path: Path, drill_id: str, text: str) -> Path:
+    path = tmp_path / f"{drill_id}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+BASE = """
+id: {id}
+title: t
+difficulty: easy
+briefing: b
+load: {{shape: steady, users: 5, duration: 200}}
+timeline:
+  - {{service: {service}, at: 10, for: 100, fault: {{kind: {kind}}}}}
+expected_alerts:
+  - {{alert: {alert}, within: 60}}
+answer: {{service: {service}, kind: {kind}}}
+hints: [{{text: h, cost: 5}}]
+debrief: {{summary: s, evidence: [{{kind: promql, where: w, what: x}}]}}
+"""
+
+
+def test_a_drill_with_a_made_up_alert_or_misplaced_kind_is_reported(tmp_path: Path) -> None:
+    bad = load_drill(
+        _write(
+            tmp_path,
+            "bad",
+            BASE.format(id="bad", service="payment", kind="worker_stall", alert="NoSuchAlert"),
+        )
+    )
+    found = problems(bad, rule_alerts(), FAULT_KINDS, shapes())
+    assert "unknown alert 'NoSuchAlert'" in found
+    assert "fault kind 'worker_stall' does not apply to 'payment'" in found
+
+
+def test_schema_rejects_unknown_fields_and_faults_outlasting_the_load(tmp_path: Path) -> None:
+    text = BASE.format(id="x", service="payment", kind="latency", alert="ServiceDown")
+    with pytest.raises(ValidationError, match="extra"):
+        load_drill(_write(tmp_path, "x", text + "surprise: 1\n"))
+    with pytest.raises(ValidationError, match="after the load"):
+        load_drill(_write(tmp_path, "x", text.replace("for: 100", "for: 500")))
+    with pytest.raises(ValueError, match="differs from the file name"):
+        load_drill(_write(tmp_path, "y", text))
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _score(*guesses: tuple[str, str, float], hints: list[int] | None = None) -> int:
+    g = [Guess(s, k, 1000 + t) for s, k, t in guesses]
+    return score(g, "payment", "latency", 1000, hint_costs=hints).total
+
+
+def test_right_and_fast_beats_right_and_slow_beats_half_right_beats_wrong() -> None:
+    fast = _score(("payment", "latency", 60))
+    slow = _score(("payment", "latency", 800))
+    half = _score(("payment", "error", 60))
+    wrong = _score(("order", "latency", 60))
+    assert fast > slow > half > wrong
+    assert fast == 100 and wrong == 0
+
+
+def test_hints_cost_points() -> None:
+    assert (
+        _score(("payment", "latency", 60), hints=[10, 15])
+        == _score(("payment", "latency", 60)) - 25
+    )
+
+
+def test_several_guesses_score_less_than_one() -> None:
+    one = _score(("payment", "latency", 60))
+    shotgun = _score(("order", "latency", 30), ("payment", "error", 45), ("payment", "latency", 60))
+    assert shotgun == one - 2 * WRONG_GUESS_COST
+    assert shotgun < one
+
+
+def test_no_incident_is_scored_like_any_answer() -> None:
+    right = score([Guess("none", "none", 100)], "none", "none", 90).total
+    alarmist = score([Guess("payment", "latency", 100)], "none", "none", 90).total
+    assert right == 100 and alarmist == 0
+
+
+# ------------------------------------------------------------------ verdict and data
+
+
+class _FakeTracker(AlertTracker):
+    def __init__(self, records: list[AlertRecord]) -> None:
+        self.records = {(r.name, tuple(sorted(r.labels.items()))): r for r in records}
+        self.pending = []
+        self.errors = 0
+
+
+def _record(name: str, fired: float, carried: bool = False, **labels: str) -> AlertRecord:
+    labels = {"alertname": name, "severity": "page", **labels}
+    return AlertRecord(name, labels, fired - 30, fired, [[fired, fired + 60]], carried)
+
+
+def test_verdict_needs_expected_alerts_within_bound_and_no_forbidden_alert() -> None:
+    drill = DRILLS["payment-errors"]
+    t0 = 1_000_000.0
+    start = t0 + (drill.fault_start or 0)
+    good = [
+        _record("CheckoutAvailabilityBudgetBurnPage", start + 40, service="gateway"),
+        _record("ServiceHigh5xxRatio", start + 90, service="payment"),
+        _record("ServiceHigh5xxRatio", start + 95, service="order"),
+        _record("ServiceDown", start - 600, carried=True, service="order"),  # an earlier drill's
+    ]
+    verdict, failures, rows = evaluate(drill, _FakeTracker(good), t0, {"ok": True}, False, None)
+    assert (verdict, failures) == ("PASS", [])
+    assert [r["detected_after"] for r in rows] == [40, 90]
+    assert time_to_detect(drill, _FakeTracker(good), t0) == 40
+
+    late = [*good[:1], _record("ServiceHigh5xxRatio", start + 400, service="payment")]
+    verdict, failures, _ = evaluate(drill, _FakeTracker(late), t0, {"ok": True}, False, None)
+    assert verdict == "FAIL" and "fired after 400s" in failures[0]
+
+    wrong_service = [*good[:1], _record("ServiceHigh5xxRatio", start + 90, service="auth")]
+    verdict, failures, _ = evaluate(
+        drill, _FakeTracker(wrong_service), t0, {"ok": True}, False, None
+    )
+    assert verdict == "FAIL" and "did not fire" in failures[0]
+
+    noisy = [*good, _record("NotificationDeliveryStalled", start + 30, service="notification")]
+    verdict, failures, _ = evaluate(drill, _FakeTracker(noisy), t0, {"ok": True}, False, None)
+    assert verdict == "FAIL" and "forbidden alert fired: NotificationDeliveryStalled" in failures[0]
+
+    lost = {"ok": False, "problems": ["1 accepted order(s) missing: ord_x"]}
+    verdict, failures, _ = evaluate(drill, _FakeTracker(good), t0, lost, False, None)
+    assert verdict == "FAIL" and failures == ["data check: 1 accepted order(s) missing: ord_x"]
+
+
+def _order(order_id: str, status: str) -> dict:
+    return {"order_id": order_id, "status": status, "created_at": 1.0}
+
+
+def test_data_check_finds_lost_orders_double_charges_and_stuck_notifications() -> None:
+    orders = [_order("o1", "paid"), _order("o2", "payment_failed")]
+    notes = [{"order_id": "o1", "status": "delivered", "created_at": 1.0}]
+    charges = [{"order_id": "o1", "outcome": "approved"}, {"order_id": "o2", "outcome": "declined"}]
+    assert check_data({"o1"}, orders, notes, charges, 0)["ok"] is True
+
+    result = check_data({"o1", "o9"}, orders, notes, charges, 0)
+    assert not result["ok"] and any("missing: o9" in p for p in result["problems"])
+
+    twice = [*charges, {"order_id": "o1", "outcome": "approved"}]
+    assert any(
+        "charged twice" in p for p in check_data({"o1"}, orders, notes, twice, 0)["problems"]
+    )
+
+    stuck = [{"order_id": "o1", "status": "queued", "created_at": 1.0}]
+    assert any(
+        "still queued" in p for p in check_data({"o1"}, orders, stuck, charges, 0)["problems"]
+    )
+
+    pending = [*orders, _order("o3", "pending")]
+    assert any(
+        "still pending" in p for p in check_data(None, pending, notes, charges, 0)["problems"]
+    )
+
+
+def test_prometheus_timestamps_with_nanoseconds_parse() -> None:
+    assert parse_ts("2024-05-01T10:00:00.123456789Z") == pytest.approx(1714557600.123456)
+    assert parse_ts("2024-05-01T10:00:00Z") == 1714557600
+
+
+def test_sigint_during_a_drill_sets_the_stop_flag_instead_of_raising() -> None:
+    stop = threading.Event()
+    with interruptible(stop):
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.wait(5)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_verify_runs_the_no_incident_drill_first_and_blind_picks_are_seeded() -> None:
+    order = drill_cli.verify_order(DRILLS, ["payment-latency", "no-incident"])
+    assert [d.id for d in order] == ["no-incident", "payment-latency"]
+    assert drill_cli.pick(DRILLS, 7).id == drill_cli.pick(DRILLS, 7).id
+    assert len({drill_cli.pick(DRILLS, seed).id for seed in range(40)}) > 3
+
+
+def test_answer_scores_the_blind_drill_and_closes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(drill_cli, "DRILLS_VAR", tmp_path)
+    monkeypatch.setattr(drill_cli, "CURRENT", tmp_path / "current.json")
+    now = time.time()
+    state = {
+        "run_id": "r1", "drill_id": "payment-latency", "started_at": now - 100,
+        "fault_start": now - 60, "hints": [], "guesses": [], "closed": False,
+    }  # fmt: skip
+    (tmp_path / "current.json").write_text(json.dumps(state))
+    assert drill_cli.main(["hint"]) == 0
+    assert drill_cli.main(["answer", "--service", "order", "--kind", "latency"]) == 1
+    assert "wrong service" in capsys.readouterr().out
+    assert drill_cli.main(["answer", "--service", "payment", "--kind", "latency"]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "current.json").read_text())
+    assert saved["closed"] and len(saved["guesses"]) == 2
+    expected = 100 - DRILLS["payment-latency"].hints[0].cost - WRONG_GUESS_COST
+    assert f"Score: {expected}/100" in out
+    assert drill_cli.main(["answer", "--service", "payment", "--kind", "latency"]) == 1
+
+
+# ------------------------------------------------------------------------ integration
+
+
+def _faults(lab: NativeLab, service: str) -> list[dict]:
+    resp = httpx.get(
+        f"{lab.urls[service]}/admin/faults",
+        headers={"Authorization": f"Bearer {lab.admin_token()}"},
+        timeout=5,
+        trust_env=False,
+    )
+    return resp.json()["faults"]
+
+
+@pytest.mark.integration
+def test_an_interrupted_drill_clears_its_faults(native_lab: NativeLab, tmp_path: Path) -> None:
+    data = DRILLS["payment-latency"].model_dump(by_alias=True)
+    data["timeline"][0]["at"] = 1
+    data["expected_alerts"] = []
+    drill = Drill.model_validate(data)
+    stop = threading.Event()
+    runner = DrillRunner(native_lab, drill, tmp_path / "run", out=lambda _l: None, stop=stop)
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(r=runner.run()), daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not _faults(native_lab, "payment") and time.monotonic() < deadline:
+        stop.wait(0.2)
+    assert _faults(native_lab, "payment"), "the drill never injected its fault"
+    stop.set()  # what the SIGINT handler does
+    worker.join(90)
+    runner.close()
+    assert not worker.is_alive()
+    assert result["r"].journal["interrupted"] is True
+    assert _faults(native_lab, "payment") == []
+    assert any(e["event"] == "rollback" for e in result["r"].journal["events"])
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_verify_ci_subset_on_the_real_lab(native_lab: NativeLab) -> None:
+    """The CI subset: no-incident, payment-errors and crash, with journal, report and plot."""
+    started = time.monotonic()
+    ok, rows = drill_cli.verify(native_lab, drill_cli.verify_order(DRILLS, list(CI_SUBSET)))
+    minutes = (time.monotonic() - started) / 60
+    print(f"\n{drill_cli.table(rows)}\nCI subset: {minutes:.1f} min")
+    assert ok, drill_cli.table(rows)
+    for row in rows:
+        run_dir = Path(row["run_dir"])
+        journal = json.loads((run_dir / "journal.json").read_text())
+        assert journal["data_check"]["ok"] is True
+        assert (run_dir / "report.md").exists() and (run_dir / "report.png").exists()
+    # The crash drill restarted order on its old port: the lab is whole again.
+    assert all(s in native_lab.urls for s in SERVICES)
