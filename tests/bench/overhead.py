@@ -97,18 +97,9 @@ class Server:
                     SERVER_CORE,
                     sys.executable,
                     "-m",
-                    "uvicorn",
-                    self.factory,
-                    "--factory",
-                    "--fd",
+                    "tests.bench.serve",  # uvicorn, with TCP_NODELAY (see serve.py)
                     str(sock.fileno()),
-                    "--no-access-log",
-                    "--loop",
-                    "uvloop",
-                    "--http",
-                    "httptools",
-                    "--log-level",
-                    "warning",
+                    self.factory,
                 ],
                 cwd=ROOT,
                 env=env,
@@ -329,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                 summaries[a].rounds.append(r)
                 print(
                     f"  round {rnd + 1} {a:12s} {r.rps:9.0f} req/s  p50 {r.p50_ms:6.2f} ms  "
-                    f"p99 {r.p99_ms:6.2f} ms  server cpu {cpu:4.0%} {r.cpu_us_per_req:5.0f} us/req  "
+                    f"p99 {r.p99_ms:6.2f} ms  cpu {cpu:4.0%} {r.cpu_us_per_req:5.0f} us/req  "
                     f"load {r.loadavg:.2f}"
                     + (f"  non-2xx {r.non_2xx}" if r.non_2xx else "")
                     + (f"  socket errors {r.socket_errors}" if r.socket_errors else "")
@@ -404,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             "server_core": SERVER_CORE,
             "load_core": LOAD_CORE,
             "endpoint": "GET " + PATH,
-            "uvicorn": "--no-access-log --loop uvloop --http httptools",
+            "uvicorn": "factory, no access log, uvloop, httptools, TCP socket inherited",
         },
         "summary": rows,
         "instrumentation_check": checks,
