@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -27,11 +28,30 @@ _BEARER = re.compile(r"(?i)\bbearer\s+[\w.~+/=-]+")
 REDACTED = "[REDACTED]"
 
 
+# Key names seen so far -> whether they name a secret (a service logs a small, fixed set).
+_secret_key_cache: dict[str, bool] = {}
+
+
+def _is_secret_key(key: str) -> bool:
+    hit = _secret_key_cache.get(key)
+    if hit is None:
+        hit = _SECRET_KEYS.search(key) is not None
+        if len(_secret_key_cache) < 4096:
+            _secret_key_cache[key] = hit
+    return hit
+
+
 def redact_value(value: str) -> str:
     """Mask card numbers and tokens inside free text (messages, exception strings)."""
     if len(value) < 13:
         return value
+    if value.isalnum():
+        # Hot path (ids, hashes): all word characters, so no whitespace (no bearer), no "."
+        # (no JWT), and `\b` only at the ends: a PAN could only be the whole string.
+        return REDACTED if len(value) <= 19 and value.isdecimal() else value
     value = _PAN.sub(REDACTED, value)
+    if "eyJ" not in value:  # every JWT match starts with it
+        return _BEARER.sub("Bearer " + REDACTED, value)
     value = _JWT.sub(REDACTED, value)
     return _BEARER.sub("Bearer " + REDACTED, value)
 
@@ -41,7 +61,7 @@ def _redact(obj: Any) -> Any:
         return redact_value(obj)
     if isinstance(obj, dict):
         return {
-            k: (REDACTED if isinstance(k, str) and _SECRET_KEYS.search(k) else _redact(v))
+            k: (REDACTED if isinstance(k, str) and _is_secret_key(k) else _redact(v))
             for k, v in obj.items()
         }
     if isinstance(obj, list | tuple):
@@ -52,10 +72,30 @@ def _redact(obj: Any) -> Any:
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: secrets never reach a log line, whatever key or text carries them."""
     for key, value in event_dict.items():
-        if _SECRET_KEYS.search(key):
+        if _is_secret_key(key):
             event_dict[key] = REDACTED
-        elif isinstance(value, str | dict | list | tuple):
+        elif isinstance(value, str):
+            event_dict[key] = redact_value(value)
+        elif isinstance(value, dict | list | tuple):
             event_dict[key] = _redact(value)
+    return event_dict
+
+
+# The ISO-8601 UTC stamp structlog's TimeStamper(fmt="iso", utc=True) writes
+# (datetime.now(utc).isoformat() with "Z"), with the date-and-time part built once a second.
+_stamp_cache: list = [None, ""]
+
+
+def add_timestamp(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    us = time.time_ns() // 1000
+    seconds, micros = divmod(us, 1_000_000)
+    cache = _stamp_cache
+    if cache[0] != seconds:
+        cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        cache[0] = seconds
+    event_dict["timestamp"] = f"{cache[1]}.{micros:06d}Z" if micros else cache[1] + "Z"
     return event_dict
 
 
@@ -108,7 +148,7 @@ def configure_logging(service: str, level: str = "info") -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        add_timestamp,
         _service_adder(service),
         add_trace_context,
         structlog.processors.format_exc_info,
@@ -145,5 +185,35 @@ def configure_logging(service: str, level: str = "info") -> None:
     access.disabled = True
 
 
+class _Logger:
+    """A lazy logger like structlog's proxy, minus its cost on the hot path.
+
+    structlog's proxy assembles a new bound logger (logger factory, wrapper, context) on every
+    call unless `cache_logger_on_first_use`, which would pin the first configuration forever
+    (tests build several apps per process; `configure_logging`'s last call must win). This one
+    reassembles only when structlog's configuration has changed since its last call.
+    """
+
+    __slots__ = ("_bound", "_config", "_values")
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+        self._config: tuple | None = None
+        self._bound: Any = None
+
+    def _current(self) -> Any:
+        config = tuple(structlog.get_config().values())
+        if config != self._config:
+            self._bound = structlog.get_logger().bind(**self._values)
+            self._config = config
+        return self._bound
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._current(), name)
+
+    def __repr__(self) -> str:
+        return f"<kit logger {self._values!r}>"
+
+
 def get_logger(**bound: Any) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger(**bound)
+    return _Logger(bound)  # type: ignore[return-value]
