@@ -2,8 +2,9 @@
 
 Locust's own stats live in its web UI and CSV files; Prometheus needs them as series so that
 what the load generator *sent* can sit next to what the services *saw*. Every request is
-recorded in the ``request`` event (a dict lookup, a counter and a histogram observation: cheap),
-into a registry of our own so nothing else in the process leaks into the scrape.
+recorded in the ``request`` event (cheap: see LocustMetrics), into a registry of our own so
+nothing else in the process leaks into the scrape. Distributed runs: workers ship their counts
+to the master in their stats reports, and the master serves the sum.
 
 Served on ``/metrics`` of a small server on ``LOCUST_METRICS_HOST:LOCUST_METRICS_PORT``
 (127.0.0.1:8090 by default), in headless and web UI mode alike so that one scrape target works
@@ -12,21 +13,23 @@ for both; with the web UI the same page is also added to Locust's own Flask app.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
+    Metric,
     ProcessCollector,
     generate_latest,
     make_wsgi_app,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger("triagelab.loadtest.exporter")
 
@@ -37,63 +40,46 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 OUTCOMES = ("success", "failure", "declined")
 DEFAULT_PORT = 8090
 DEFAULT_HOST = "127.0.0.1"
+REPORT_KEY = "triagelab_metrics"  # key of our counts in a worker's report to the master
+
+
+Entry = list[Any]
+"""[request count, sum of seconds, per-bucket counts (not cumulative; the last is +Inf)]."""
+Key = tuple[str, str, str]
+"""(method, name, outcome)"""
 
 
 class LocustMetrics:
-    """The load generator's metrics, in a registry of their own."""
+    """The load generator's metrics: plain counts kept per request, rendered at scrape time.
+
+    A custom collector rather than prometheus_client's Counter/Histogram: recording is a dict
+    lookup, a bisect and three additions (no locks: Locust runs on one thread of greenlets),
+    and the same counts can be shipped from workers to the master and summed there.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None, process: bool = True) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.requests = Counter(
-            "locust_requests",
-            "Requests Locust completed, by outcome (declined = an expected 402 from a test card).",
-            ["method", "name", "outcome"],
-            registry=self.registry,
-        )
-        self.failures = Counter(
-            "locust_failures",
-            "Requests Locust counted as failed (same as outcome=failure).",
-            ["method", "name"],
-            registry=self.registry,
-        )
-        self.response_time = Histogram(
-            "locust_response_time_seconds",
-            "Response time seen by Locust, in seconds.",
-            ["method", "name"],
-            buckets=BUCKETS,
-            registry=self.registry,
-        )
-        self.users = Gauge("locust_users", "Simulated users running now.", registry=self.registry)
+        self.local: dict[Key, Entry] = {}
+        self.remote: dict[str, dict[Key, Entry]] = {}  # latest cumulative counts per worker
+        self.user_count: Callable[[], int] = lambda: 0
+        self.registry.register(self)
         if process:
             # process_cpu_seconds_total of the load generator itself: CPU per request is
             # rate(process_cpu_seconds_total{job="locust"}) / rate(locust_requests_total).
             ProcessCollector(registry=self.registry)
-        # (method, name, outcome) -> bound increment/observe functions; skips labels() per request.
-        self._children: dict[tuple[str, str, str], tuple[Callable, Callable, Callable | None]] = {}
+
+    def _entry(self, key: Key) -> Entry:
+        entry = self.local.get(key)
+        if entry is None:
+            entry = self.local[key] = [0, 0.0, [0] * (len(BUCKETS) + 1)]
+        return entry
 
     def declare(
         self, method: str, name: str, outcomes: tuple[str, ...] = ("success", "failure")
     ) -> None:
         """Create a route's series at 0, so rates and failure ratios exist before traffic."""
         for outcome in outcomes:
-            self._child(method, name, outcome)
-
-    def _child(
-        self, method: str, name: str, outcome: str
-    ) -> tuple[Callable, Callable, Callable | None]:
-        key = (method, name, outcome)
-        child = self._children.get(key)
-        if child is None:
-            failure_inc = self.failures.labels(method, name).inc if outcome == "failure" else None
-            if outcome != "failure":
-                self.failures.labels(method, name)  # exists at 0 for the failure ratio
-            child = (
-                self.requests.labels(method, name, outcome).inc,
-                self.response_time.labels(method, name).observe,
-                failure_inc,
-            )
-            self._children[key] = child
-        return child
+            self._entry((method, name, outcome))
 
     def on_request(
         self,
@@ -111,12 +97,78 @@ class LocustMetrics:
             outcome = "declined"
         else:
             outcome = "success"
-        inc, observe, failure_inc = self._child(request_type, name, outcome)
-        inc()
+        key = (request_type, name, outcome)
+        entry = self.local.get(key) or self._entry(key)
+        entry[0] += 1
         if response_time is not None:
-            observe(response_time / 1000.0)
-        if failure_inc is not None:
-            failure_inc()
+            seconds = response_time / 1000.0
+            entry[1] += seconds
+            entry[2][bisect_left(BUCKETS, seconds)] += 1  # le is inclusive, as in Prometheus
+
+    # -- distributed Locust: workers send their counts, the master serves the sum -------------
+
+    def report(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
+        """Worker: ``report_to_master`` listener; adds this worker's cumulative counts."""
+        data[REPORT_KEY] = [[*key, e[0], e[1], e[2]] for key, e in self.local.items()]
+
+    def on_worker_report(self, client_id: str, data: Mapping[str, Any], **_: Any) -> None:
+        """Master: ``worker_report`` listener; keeps each worker's latest counts."""
+        rows = data.get(REPORT_KEY)
+        if not isinstance(rows, list):
+            return
+        self.remote[client_id] = {
+            (m, n, o): [count, total, list(buckets)] for m, n, o, count, total, buckets in rows
+        }
+
+    # -- exposition --------------------------------------------------------------------------
+
+    def merged(self) -> dict[Key, Entry]:
+        out = {key: [e[0], e[1], list(e[2])] for key, e in self.local.items()}
+        for counts in self.remote.values():
+            for key, (count, total, buckets) in counts.items():
+                entry = out.setdefault(key, [0, 0.0, [0] * (len(BUCKETS) + 1)])
+                entry[0] += count
+                entry[1] += total
+                entry[2] = [a + b for a, b in zip(entry[2], buckets, strict=True)]
+        return out
+
+    def describe(self) -> list[Metric]:
+        return self._families({}, users=0)
+
+    def collect(self) -> list[Metric]:
+        return self._families(self.merged(), users=self.user_count())
+
+    def _families(self, merged: dict[Key, Entry], users: int) -> list[Metric]:
+        requests = CounterMetricFamily(
+            "locust_requests",
+            "Requests Locust completed, by outcome (declined = an expected 402 from a test card).",
+            labels=["method", "name", "outcome"],
+        )
+        failures = CounterMetricFamily(
+            "locust_failures",
+            "Requests Locust counted as failed (same as outcome=failure).",
+            labels=["method", "name"],
+        )
+        latency = HistogramMetricFamily(
+            "locust_response_time_seconds",
+            "Response time seen by Locust, in seconds.",
+            labels=["method", "name"],
+        )
+        routes: dict[tuple[str, str], Entry] = {}
+        for (method, name, outcome), (count, total, buckets) in sorted(merged.items()):
+            requests.add_metric([method, name, outcome], count)
+            route = routes.setdefault((method, name), [0, 0.0, [0] * (len(BUCKETS) + 1)])
+            if outcome == "failure":
+                route[0] += count
+            route[1] += total
+            route[2] = [a + b for a, b in zip(route[2], buckets, strict=True)]
+        for (method, name), (failed, total, buckets) in routes.items():
+            failures.add_metric([method, name], failed)
+            cumulative = list(itertools.accumulate(buckets))
+            bounds = [*(floatToGoString(b) for b in BUCKETS), "+Inf"]
+            latency.add_metric([method, name], list(zip(bounds, cumulative, strict=True)), total)
+        gauge = GaugeMetricFamily("locust_users", "Simulated users running now.", value=users)
+        return [requests, failures, latency, gauge]
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -152,22 +204,24 @@ def install(events: Any, metrics: LocustMetrics | None = None) -> LocustMetrics:
     events.request.add_listener(metrics.on_request)
 
     def on_init(environment: Any, runner: Any = None, web_ui: Any = None, **_: Any) -> None:
+        from locust.runners import MasterRunner, WorkerRunner
+
+        if isinstance(runner, WorkerRunner):
+            # A worker's counts travel to the master with its stats reports (every few
+            # seconds) and are served there, so the scrape target is the same in every mode.
+            environment.events.report_to_master.add_listener(metrics.report)
+            return
+        if isinstance(runner, MasterRunner):
+            environment.events.worker_report.add_listener(metrics.on_worker_report)
         if runner is not None:
-            metrics.users.set_function(lambda: runner.user_count)
+            metrics.user_count = lambda: runner.user_count
         if web_ui is not None:
             _add_web_ui_route(web_ui, metrics)
         address = metrics_address()
         if address is None:
             return
         host, port = address
-        is_worker = type(runner).__name__ == "WorkerRunner"
-        try:
-            server = serve(metrics, host, port)
-        except OSError as exc:
-            if is_worker:  # several workers on one host: only the first gets the port
-                log.warning("metrics exporter not started on %s:%s: %s", host, port, exc)
-                return
-            raise
+        server = serve(metrics, host, port)
         bound = server.server_port
         log.info("Prometheus metrics at http://%s:%s/metrics", host, bound)
         port_file = os.environ.get("LOCUST_METRICS_PORT_FILE")

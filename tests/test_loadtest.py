@@ -242,6 +242,32 @@ def test_exporter_counts_outcomes_failures_and_latency() -> None:
     assert b"locust_users" in m.render()
 
 
+def test_master_serves_the_sum_of_its_workers_counts() -> None:
+    from loadtest.prometheus_exporter import LocustMetrics
+
+    workers = [LocustMetrics(process=False), LocustMetrics(process=False)]
+    master = LocustMetrics(process=False)
+    master.declare("GET", "/api/products")
+    workers[0].on_request("GET", "/api/products", 20.0, None, {})
+    workers[1].on_request("GET", "/api/products", 700.0, None, {})
+    workers[1].on_request("GET", "/api/products", 5.0, ConnectionError("reset"), {})
+    for _round in range(2):  # reports are cumulative: a repeated report must not double count
+        for i, worker in enumerate(workers):
+            data: dict[str, Any] = {}
+            worker.report(client_id=f"w{i}", data=data)
+            master.on_worker_report(client_id=f"w{i}", data=json.loads(json.dumps(data)))
+    value = master.registry.get_sample_value
+    products = {"method": "GET", "name": "/api/products"}
+    assert value("locust_requests_total", {**products, "outcome": "success"}) == 2
+    assert value("locust_requests_total", {**products, "outcome": "failure"}) == 1
+    assert value("locust_failures_total", products) == 1
+    assert value("locust_response_time_seconds_bucket", {**products, "le": "0.025"}) == 2
+    assert value("locust_response_time_seconds_bucket", {**products, "le": "1.0"}) == 3
+    assert value("locust_response_time_seconds_sum", products) == pytest.approx(0.725)
+    master.on_worker_report(client_id="w9", data={"stats": []})  # a report without our key
+    assert value("locust_response_time_seconds_count", products) == 3
+
+
 def test_exporter_buckets_match_the_services() -> None:
     from loadtest.prometheus_exporter import BUCKETS
 
@@ -506,15 +532,93 @@ def test_web_ui_serves_stats_and_metrics(lab: dict[str, str], tmp_path: Path) ->
                 lambda: (scrape_requests_total(client, f"{web}/metrics") or 0) > 0,
                 timeout=20,
             )
-            stats = client.get(f"{web}/stats/requests").json()
+
+            def stat_names() -> set[str] | None:
+                rows = client.get(f"{web}/stats/requests").json()["stats"]
+                names = {row["name"] for row in rows}
+                return names if "/api/products" in names else None
+
+            names = poll("/api/products in the web UI's stats", stat_names, timeout=20)
         rc = proc.wait(timeout=60)
     finally:
         stop_process(proc)
         out.close()
     log = (tmp_path / "locust.log").read_text(errors="replace")
     assert rc == 0, log[-3000:]
-    names = {row["name"] for row in stats["stats"]}
-    assert names <= {name for _, name in ROUTES} | {"Aggregated"} and "/api/products" in names
+    assert names <= {name for _, name in ROUTES} | {"Aggregated"}
+
+
+@pytest.mark.integration
+def test_distributed_master_exports_its_workers_requests(
+    lab: dict[str, str], tmp_path: Path
+) -> None:
+    port_file = tmp_path / "metrics.port"
+    env = child_env(
+        LOCUST_WAIT_MIN="0.1",
+        LOCUST_WAIT_MAX="0.3",
+        LOCUST_METRICS_PORT="0",
+        LOCUST_METRICS_PORT_FILE=str(port_file),
+    )
+    master_cmd = [*locust_cmd("locustfile.py"), "--master", "--headless", "--host", lab["gateway"]]
+    master_cmd += ["--master-bind-host", "127.0.0.1", "--master-bind-port", "0"]
+    master_cmd += ["--expect-workers", "1", "-u", "3", "-r", "3", "-t", "12s", "--only-summary"]
+    master_log = open(tmp_path / "master.log", "wb")  # closed in finally
+    worker_log = open(tmp_path / "worker.log", "wb")  # closed in finally
+    procs: list[subprocess.Popen] = []
+    try:
+        master = subprocess.Popen(
+            master_cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=master_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        procs.append(master)
+        metrics_port = int(poll("the exporter's port file", lambda: _read(port_file), timeout=30))
+        master_port = poll(
+            "the master's worker port",
+            lambda: next(iter(_listening(master.pid) - {metrics_port}), None),
+            timeout=30,
+        )
+        worker_cmd = [*locust_cmd("locustfile.py"), "--worker", "--host", lab["gateway"]]
+        worker_cmd += ["--master-host", "127.0.0.1", "--master-port", str(master_port)]
+        procs.append(
+            subprocess.Popen(
+                worker_cmd,
+                cwd=ROOT,
+                env=child_env(LOCUST_WAIT_MIN="0.1", LOCUST_WAIT_MAX="0.3"),
+                stdout=worker_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with httpx.Client(trust_env=False, timeout=2.0) as client:
+            first = poll(
+                "worker requests on the master's /metrics",
+                lambda: (
+                    (scrape_requests_total(client, metrics_url) or 0) > 0
+                    and scrape_requests_total(client, metrics_url)
+                ),
+                timeout=30,
+            )
+            poll(
+                "the master's locust_requests_total to rise",
+                lambda: (scrape_requests_total(client, metrics_url) or 0) > first,
+                timeout=15,
+            )
+            users = scrape_sample(client, metrics_url, "locust_users")
+        rc = master.wait(timeout=60)
+        procs[1].wait(timeout=30)
+    finally:
+        for proc in procs:
+            stop_process(proc)
+        master_log.close()
+        worker_log.close()
+    log = (tmp_path / "master.log").read_text(errors="replace")
+    assert rc == 0, log[-3000:] + (tmp_path / "worker.log").read_text(errors="replace")[-3000:]
+    assert users == 3  # the whole run's users, as the master counts them
 
 
 def _read(path: Path) -> str | None:
