@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -48,8 +49,9 @@ def machine() -> dict:
         path = shutil.which(tool)
         if path:
             out = subprocess.run([path, *args], capture_output=True, text=True, check=False)
-            first = (out.stdout or out.stderr).strip().splitlines()
-            info[tool] = first[0] if first else ""
+            text = out.stdout or out.stderr
+            version = re.search(r"version (\S+)", text)
+            info[tool] = version.group(1) if version else text.strip()[:40]
     return info
 
 
