@@ -118,6 +118,8 @@ def write_report(
             f"| {name} | {row['within']:.0f}s | {_fmt(row['detected_after'])} | "
             f"{'yes' if row['ok'] else 'NO'} |"
         )
+    if not journal.get("expected"):
+        lines.append("| (none expected) | | | |")
     lines += ["", "## Alerts that fired", "", "| alert | labels | fired at | carried |"]
     lines.append("|---|---|---|---|")
     for alert in journal.get("alerts", []):
@@ -127,6 +129,8 @@ def write_report(
             f"| {alert['alert']} | {keep} | {_fmt(None if fired is None else fired - t0)} | "
             f"{'yes' if alert['carried'] else ''} |"
         )
+    if not journal.get("alerts"):
+        lines.append("| (none) | | | |")
     data = journal.get("data_check", {})
     lines += ["", "## Data check", "", f"ok: **{data.get('ok')}**"]
     lines += [f"- {p}" for p in data.get("problems", [])]
