@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 RUN := $(UV) run --frozen
 MODE ?= auto
 PYTEST_ARGS ?=
-SYSTEM_PACKAGES := prometheus prometheus-alertmanager docker-compose wrk
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager docker-compose wrk postgresql
 
 .PHONY: help
 help: ## List the targets
@@ -18,8 +18,9 @@ bootstrap: ## Install uv (if missing) and the locked Python environment
 	@$(UV) sync --frozen --quiet
 
 .PHONY: system-deps
-system-deps: ## Install Prometheus, Alertmanager, docker-compose and wrk (Debian, as root)
+system-deps: ## Install Prometheus, Alertmanager, docker-compose, wrk, PostgreSQL (Debian, as root)
 	@missing=""; for b in prometheus promtool alertmanager amtool docker-compose wrk; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing initdb"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		echo "==> installing Debian packages for:$$missing"; \
@@ -62,17 +63,49 @@ down: ## Stop what `make up` started (data is kept)
 	$(LAB) down --mode $(MODE)
 
 .PHONY: status
-status: ## Show each component, pid, URL and health
-	$(LAB) status --mode $(MODE)
+status: ## Show each component, pid, URL and health (exit 3: not running, 1: unhealthy)
+	@$(LAB) status --mode $(MODE)
 
 .PHONY: clean
 clean: ## Stop the lab and delete its data (var/)
 	$(LAB) clean --mode $(MODE)
 
 .PHONY: logs
-logs: ## Show the last lines of each component's log (compose: docker compose logs)
-	$(LAB) logs
+logs: ## Show the last lines of each component's log (C="gateway payment" to pick)
+	$(LAB) logs $(C)
 
 .PHONY: ps
 ps: ## Compose: list the containers
 	docker compose ps 2>/dev/null || docker-compose ps
+
+# --- load, alerts ------------------------------------------------------------------------
+SHAPE ?= steady
+HOST ?= http://127.0.0.1:8000
+DURATION ?=
+USERS ?=
+
+.PHONY: load
+load: bootstrap ## Headless Locust against the lab: SHAPE=steady|ramp|spike|soak|diurnal [DURATION= USERS=]
+	@mkdir -p var/loadtest
+	LOCUST_SHAPE_DURATION=$(DURATION) LOCUST_SHAPE_USERS=$(USERS) $(RUN) locust \
+	  -f loadtest/locustfile.py,loadtest/shapes/$(SHAPE).py --headless --host $(HOST) \
+	  --csv var/loadtest/$(SHAPE) --html var/loadtest/$(SHAPE).html --json-file var/loadtest/$(SHAPE)
+
+.PHONY: load-ui
+load-ui: bootstrap ## Locust web UI on :8091 (make up already runs one on :8089)
+	$(RUN) locust -f loadtest/locustfile.py --web-host 127.0.0.1 --web-port 8091 --host $(HOST)
+
+.PHONY: rules
+rules: bootstrap ## Regenerate the SLO recording and alerting rules from deploy/prometheus/slos.yaml
+	$(RUN) python -m labctl.slo
+
+.PHONY: rules-check
+rules-check: bootstrap system-deps ## Lint and unit-test the Prometheus rules and Alertmanager config
+	$(RUN) python -m labctl.slo --check
+	promtool check rules --lint=all --lint-fatal deploy/prometheus/rules/*.yml
+	promtool test rules deploy/prometheus/tests/*.test.yml
+	amtool check-config deploy/alertmanager/alertmanager.yml
+
+.PHONY: slo-tests
+slo-tests: bootstrap system-deps ## Re-measure time-to-page with promtool and rewrite the SLO rule tests (~7 min)
+	$(RUN) python -m labctl.slo --write-tests

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
+from labctl.procs import listening_ports
 
 from services.kit import Settings
 from services.kit.settings import SERVICE_NAMES
@@ -98,57 +100,61 @@ class ServiceProcs:
         return self.workdir / "logs" / f"{name}.log"
 
     def start(self) -> None:
+        """Start the services on OS-chosen ports (uvicorn --port 0) and read each port back.
+
+        Not `--fd`: uvicorn treats an inherited fd as a Unix socket and never sets TCP_NODELAY,
+        which costs ~40 ms per response (delayed ACK). Peers start first so that each service
+        is given its peers' real URLs.
+        """
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        # Each child binds the socket we hand it (uvicorn --fd), so no port can be stolen
-        # between choosing and binding.
-        socks = {}
-        for name in SERVICE_NAMES:
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", 0))
-            s.listen(128)
-            s.set_inheritable(True)
-            socks[name] = s
-            self.ports[name] = s.getsockname()[1]
-        try:
-            for name in SERVICE_NAMES:
-                env = {
-                    **os.environ,
-                    "DATA_DIR": str(self.workdir / "data"),
-                    "SPAN_FILE": str(self.span_file(name)),
-                    "OTEL_BSP_SCHEDULE_DELAY": "100",
-                    **{f"{p.upper()}_URL": self.url(p) for p in PEERS},
-                    **self.env_overrides,
-                }
-                log = self.log_file(name).open("ab")
-                fd = socks[name].fileno()
-                self.procs[name] = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "uvicorn",
-                        f"services.{name}.main:create_app",
-                        "--factory",
-                        "--fd",
-                        str(fd),
-                        "--no-access-log",
-                    ],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(fd,),
+        for wave in (("auth", "payment", "notification"), ("order",), ("gateway",)):
+            for name in wave:
+                self._spawn(name)
+            for name in wave:
+                self.ports[name] = wait_until(
+                    lambda n=name: self._bound_port(n), timeout=60, what=f"{name} listening"
                 )
-                log.close()
-        finally:
-            for s in socks.values():
-                s.close()
         for name in SERVICE_NAMES:
             wait_until(lambda n=name: self._healthy(n), timeout=60, what=f"{name} /healthz")
 
-    def _healthy(self, name: str) -> bool:
-        if self.procs[name].poll() is not None:
+    def _spawn(self, name: str) -> None:
+        env = {
+            **os.environ,
+            "DATA_DIR": str(self.workdir / "data"),
+            "SPAN_FILE": str(self.span_file(name)),
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            **{f"{p.upper()}_URL": self.url(p) for p in PEERS if p in self.ports},
+            **self.env_overrides,
+        }
+        with self.log_file(name).open("ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    f"services.{name}.main:create_app",
+                    "--factory",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--no-access-log",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def _bound_port(self, name: str) -> int | None:
+        proc = self.procs[name]
+        if proc.poll() is not None:
             raise RuntimeError(f"{name} exited: {self.log_file(name).read_text()[-2000:]}")
+        ports = listening_ports(psutil.Process(proc.pid))
+        return min(ports) if ports else None
+
+    def _healthy(self, name: str) -> bool:
+        self._bound_port(name)  # raises if it died
         return httpx.get(self.url(name) + "/healthz", timeout=1).status_code == 200
 
     def stop(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
 import httpx
@@ -176,12 +175,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     kit.require_peer("auth")
     kit.require_peer("order")
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI):
-        task = asyncio.create_task(notifier.run())
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return kit.build_app(title="gateway", routers=[router], lifespan=lifespan)
+    kit.add_worker("deferred-notifications", notifier.run)
+    return kit.build_app(title="gateway", routers=[router])

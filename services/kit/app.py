@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
@@ -46,6 +47,7 @@ class Kit:
         self.tracer = self.tracer_provider.get_tracer(f"triagelab.{name}")
         self.clients: dict[str, ServiceClient] = {}
         self.readiness: dict[str, ReadinessCheck] = {}
+        self.workers: dict[str, Callable[[], Awaitable[None]]] = {}
         self.database: Database | None = None
         # A service's own objects (its metrics, stores, workers), so handlers reach them per app.
         self.state: dict[str, Any] = {}
@@ -68,6 +70,11 @@ class Kit:
                 transport=self.transports.get(peer),
             )
         return self.clients[peer]
+
+    def add_worker(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """A background loop that runs for the app's lifetime (started after the service's own
+        startup, cancelled before its shutdown)."""
+        self.workers[name] = run
 
     def open_database(self) -> Database:
         self.database = Database(self.settings, self.metrics.registry, self.tracer_provider)
@@ -93,14 +100,26 @@ class Kit:
         kit = self
 
         @asynccontextmanager
+        async def running_workers() -> AsyncIterator[None]:
+            tasks = [asyncio.create_task(run(), name=name) for name, run in kit.workers.items()]
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    _, stuck = await asyncio.wait(tasks, timeout=5)
+                    for task in stuck:
+                        kit.log.warning("worker_did_not_stop", worker=task.get_name())
+
+        @asynccontextmanager
         async def full_lifespan(app: FastAPI) -> AsyncIterator[None]:
             kit.log.info("service_starting", version=kit.settings.service_version)
             try:
-                if lifespan is not None:
-                    async with lifespan(app):
-                        kit.log.info("service_started")
-                        yield
-                else:
+                async with contextlib.AsyncExitStack() as stack:
+                    if lifespan is not None:
+                        await stack.enter_async_context(lifespan(app))
+                    await stack.enter_async_context(running_workers())
                     kit.log.info("service_started")
                     yield
             finally:

@@ -127,10 +127,11 @@ class Outbox:
 
     async def run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # races the inner wait, which left the worker unstoppable at shutdown.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.wake.wait(), self.kit.settings.notification_poll_seconds
-                )
+                async with asyncio.timeout(self.kit.settings.notification_poll_seconds):
+                    await self.wake.wait()
             self.wake.clear()
             if time.time() < self.stalled_until:
                 continue
@@ -291,10 +292,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI):
         await kit.open_database().create_all(Base.metadata)
         await outbox.load()
-        worker = asyncio.create_task(outbox.run())
         yield
-        worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker
+
+    kit.add_worker("delivery", outbox.run)
 
     return kit.build_app(title="notification", routers=[router], lifespan=lifespan)

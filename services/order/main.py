@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -299,10 +298,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await kit.open_database().create_all(Base.metadata)
-        task = asyncio.create_task(reconciler())
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+
+    kit.add_worker("reconciler", reconciler)
 
     return kit.build_app(title="order", routers=[router], lifespan=lifespan)
