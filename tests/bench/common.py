@@ -4,6 +4,7 @@ CPU and memory sampling, and Prometheus queries. Nothing here asserts a number."
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import platform
 import re
@@ -39,13 +40,10 @@ def machine() -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-    for tool, args in (("prometheus", ["--version"]), ("locust", None)):
-        if tool == "locust":
-            with contextlib.suppress(Exception):
-                import locust
-
-                info["locust"] = locust.__version__
-            continue
+    # Not `import locust`: that monkey-patches the whole process (gevent).
+    with contextlib.suppress(Exception):
+        info["locust"] = importlib.metadata.version("locust")
+    for tool, args in (("prometheus", ["--version"]),):
         path = shutil.which(tool)
         if path:
             out = subprocess.run([path, *args], capture_output=True, text=True, check=False)
