@@ -138,10 +138,11 @@ class Kit:
         )
         app.state.kit = self
         install_error_handlers(app)
-        app.include_router(_ops_router())
-        app.include_router(admin_router())
+        # The service's routes first: routing tries routes in order, and they carry the traffic.
         for router in routers:
             app.include_router(router)
+        app.include_router(_ops_router())
+        app.include_router(admin_router())
         # The service's own routes (FastAPI wraps included routers, so ask the routers).
         api_routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
         self.metrics.initialise_routes(
