@@ -115,16 +115,26 @@ class Lab:
 
 
 def start_lab(
-    *, load: bool = False, users: int = 10, runtime_dir: Path | None = None, quiet: bool = True
+    *,
+    load: bool = False,
+    users: int = 10,
+    runtime_dir: Path | None = None,
+    quiet: bool = True,
+    root: Path | None = None,
 ) -> Lab:
-    """``make up`` on free ports in a fresh folder; ``up_seconds`` is the time to all healthy."""
+    """``make up`` on free ports in a fresh folder; ``up_seconds`` is the time to all healthy.
+
+    ``root``: serve the services (and Prometheus config) from another checkout, e.g. a patched
+    copy for a before/after comparison; the benchmark itself runs from this one.
+    """
     from labctl.config import Ports
     from labctl.native import NativeLab
 
     rt = runtime_dir or Path(tempfile.mkdtemp(prefix="lab-", dir=_bench_tmp()))
     lines: list[str] = []
     out = lines.append if quiet else print
-    lab = NativeLab(rt, Ports.any_free(), load=load, users=users, out=out)
+    extra = {"root": Path(root)} if root else {}
+    lab = NativeLab(rt, Ports.any_free(), load=load, users=users, out=out, **extra)
     t0 = time.monotonic()
     try:
         lab.up()
