@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -58,6 +59,20 @@ async def in_process(settings: Settings, names=SERVICE_NAMES) -> AsyncIterator[d
             )
         clients["_apps"] = apps
         yield clients
+
+
+def require_binary(name: str) -> str:
+    """A system binary the tests need; a clear failure (not a skip) when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        import pytest
+
+        pytest.fail(
+            f"{name} not found on PATH: apt-get install prometheus prometheus-alertmanager "
+            "(or run `make system-deps`)",
+            pytrace=False,
+        )
+    return path
 
 
 def free_port() -> int:

@@ -9,7 +9,6 @@ alert rules.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,20 +16,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support import require_binary
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
 _MATCHER = re.compile(r'^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"(.*)"\s*$')
-
-
-def binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(
-            f"{name} not found on PATH: apt-get install prometheus prometheus-alertmanager",
-            pytrace=False,
-        )
-    return path
 
 
 def alert_rules() -> list[dict[str, Any]]:
@@ -46,7 +37,7 @@ def alert_rules() -> list[dict[str, Any]]:
 
 def amtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [binary("amtool"), *args], capture_output=True, text=True, timeout=60, check=False
+        [require_binary("amtool"), *args], capture_output=True, text=True, timeout=60, check=False
     )
 
 

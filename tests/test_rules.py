@@ -7,7 +7,6 @@ because skipped alert tests look exactly like passing ones in CI.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,22 +14,14 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support import require_binary
+
 ROOT = Path(__file__).resolve().parents[1]
 PROM = ROOT / "deploy" / "prometheus"
 LOADED_RULES = sorted((PROM / "rules").glob("*.yml"))
 PROFILE_RULES = sorted((PROM / "slo-profiles").glob("*.yml"))
 TEST_FILES = sorted((PROM / "tests").glob("*.test.yml"))
 SEVERITIES = {"page", "ticket"}
-
-
-def binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(
-            f"{name} not found on PATH: apt-get install prometheus prometheus-alertmanager",
-            pytrace=False,
-        )
-    return path
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -57,7 +48,9 @@ def test_rule_files_exist() -> None:
 
 @pytest.mark.parametrize("path", LOADED_RULES + PROFILE_RULES, ids=lambda p: p.name)
 def test_promtool_check_rules_lint(path: Path) -> None:
-    result = run(binary("promtool"), "check", "rules", "--lint=all", "--lint-fatal", str(path))
+    result = run(
+        require_binary("promtool"), "check", "rules", "--lint=all", "--lint-fatal", str(path)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -65,14 +58,19 @@ def test_promtool_check_rules_lint(path: Path) -> None:
 def test_loaded_rules_have_no_duplicate_series() -> None:
     """Prometheus loads rules/*.yml together: lint them as one set."""
     result = run(
-        binary("promtool"), "check", "rules", "--lint=all", "--lint-fatal", *map(str, LOADED_RULES)
+        require_binary("promtool"),
+        "check",
+        "rules",
+        "--lint=all",
+        "--lint-fatal",
+        *map(str, LOADED_RULES),
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("path", TEST_FILES, ids=lambda p: p.name)
 def test_promtool_unit_tests(path: Path) -> None:
-    result = run(binary("promtool"), "test", "rules", str(path))
+    result = run(require_binary("promtool"), "test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
 
@@ -171,7 +169,7 @@ def test_prometheus_config_loads_the_rules() -> None:
         pytest.skip("deploy/prometheus/prometheus.yml not written yet (owned by the native lab)")
     doc = yaml.safe_load(config.read_text())
     assert "rules/*.yml" in doc.get("rule_files", []), "prometheus.yml must load rules/*.yml"
-    result = run(binary("promtool"), "check", "config", "--lint=all", str(config))
+    result = run(require_binary("promtool"), "check", "config", "--lint=all", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     for rules in LOADED_RULES:
         assert str(rules.name) in result.stdout + result.stderr

@@ -13,6 +13,7 @@ from prometheus_client import Gauge
 from pydantic import BaseModel, Field
 
 from services.kit import DownstreamError, Kit, KitDep, ServiceError, Settings
+from services.kit.checkout import Cart
 
 OUTBOX_LIMIT = 10_000
 
@@ -22,16 +23,8 @@ class LoginRequest(BaseModel):
     password: str = Field(min_length=1, max_length=128)
 
 
-class Item(BaseModel):
-    product_id: str = Field(min_length=1, max_length=40)
-    quantity: int = Field(ge=1, le=100)
-
-
-class CheckoutRequest(BaseModel):
+class CheckoutRequest(Cart):
     model_config = {"extra": "forbid"}
-    items: list[Item] = Field(min_length=1, max_length=20)
-    card_number: str = Field(pattern=r"^\d{12,19}$")
-    currency: Literal["EUR"] = "EUR"
 
 
 class CheckoutOut(BaseModel):

@@ -15,7 +15,7 @@ from fastapi import APIRouter, FastAPI, Path, Query
 from fastapi.responses import JSONResponse
 from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge, Histogram
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from sqlalchemy import Float, Integer, String, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -53,7 +53,8 @@ class NewNotification(BaseModel):
 
 
 class NotificationOut(BaseModel):
-    notification_id: str
+    model_config = ConfigDict(from_attributes=True)
+    notification_id: str = Field(validation_alias=AliasChoices("notification_id", "id"))
     order_id: str
     status: str
     attempts: int
@@ -63,15 +64,7 @@ class NotificationOut(BaseModel):
 
 
 def _out(n: Notification) -> NotificationOut:
-    return NotificationOut(
-        notification_id=n.id,
-        order_id=n.order_id,
-        status=n.status,
-        attempts=n.attempts,
-        created_at=n.created_at,
-        delivered_at=n.delivered_at,
-        last_error=n.last_error,
-    )
+    return NotificationOut.model_validate(n)
 
 
 class Outbox:

@@ -10,12 +10,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, FastAPI, Path, Query
 from prometheus_client import Counter
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 from sqlalchemy import Float, ForeignKey, Integer, String, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
 
 from services.kit import DownstreamError, Kit, KitDep, ServiceError, Settings
-from services.kit.cards import luhn_ok
+from services.kit.checkout import Cart
 
 # The catalogue is the order service's data: prices are never taken from the client.
 PRODUCTS = {
@@ -58,30 +58,8 @@ class OrderItem(Base):
     unit_price_cents: Mapped[int] = mapped_column(Integer)
 
 
-class Item(BaseModel):
-    product_id: str = Field(min_length=1, max_length=40)
-    quantity: int = Field(ge=1, le=100)
-
-
-class NewOrder(BaseModel):
+class NewOrder(Cart):
     user: str = Field(min_length=1, max_length=64)
-    items: list[Item] = Field(min_length=1, max_length=20)
-    card_number: str = Field(pattern=r"^\d{12,19}$")
-    currency: Literal["EUR"] = "EUR"
-
-    @field_validator("card_number")
-    @classmethod
-    def _luhn(cls, value: str) -> str:
-        if not luhn_ok(value):
-            raise ValueError("card number fails the Luhn check")
-        return value
-
-    @field_validator("items")
-    @classmethod
-    def _distinct(cls, items: list[Item]) -> list[Item]:
-        if len({i.product_id for i in items}) != len(items):
-            raise ValueError("each product may appear once; use quantity")
-        return items
 
 
 class ItemOut(BaseModel):

@@ -1,0 +1,47 @@
+"""What a checkout is made of, validated the same way at the gateway, in order and in payment."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, Field, field_validator
+
+
+def luhn_ok(number: str) -> bool:
+    digits = [int(d) for d in number]
+    checksum = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        checksum += d
+    return checksum % 10 == 0
+
+
+def _luhn(value: str) -> str:
+    if not luhn_ok(value):
+        raise ValueError("card number fails the Luhn check")
+    return value
+
+
+CardNumber = Annotated[str, Field(pattern=r"^\d{12,19}$"), AfterValidator(_luhn)]
+Currency = Literal["EUR"]
+
+
+class LineItem(BaseModel):
+    product_id: str = Field(min_length=1, max_length=40)
+    quantity: int = Field(ge=1, le=100)
+
+
+class Cart(BaseModel):
+    items: list[LineItem] = Field(min_length=1, max_length=20)
+    card_number: CardNumber
+    currency: Currency = "EUR"
+
+    @field_validator("items")
+    @classmethod
+    def _distinct(cls, items: list[LineItem]) -> list[LineItem]:
+        if len({i.product_id for i in items}) != len(items):
+            raise ValueError("each product may appear once; use quantity")
+        return items
