@@ -145,6 +145,28 @@ def measure_step(prom: Prom, w: dict) -> dict:
     }
 
 
+def _machine_busy() -> float:
+    """CPU seconds all cores spent busy since boot (not idle, not waiting on I/O)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return (
+        t.user
+        + t.nice
+        + t.system
+        + getattr(t, "irq", 0)
+        + getattr(t, "softirq", 0)
+        + getattr(t, "steal", 0)
+    )
+
+
+def _load_at(loads: list[tuple[float, float]], t: float) -> float:
+    """The 1-min load average sampled nearest to ``t`` (now when nothing was sampled)."""
+    if not loads:
+        return loadavg()
+    return round(min(loads, key=lambda x: abs(x[0] - t))[1], 2)
+
+
 def hottest_service(samples: list[tuple[float, dict[str, float]]], span: float = 5.0) -> str:
     from labctl.config import SERVICES
 
@@ -206,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     locust = None
     profile = None
     samples: list[tuple[float, dict[str, float]]] = []
+    loads: list[tuple[float, float]] = []  # (time, 1-min load average) during the run
     try:
         if not prom.wait_scraped("gateway"):
             print("  warning: Prometheus has not scraped the gateway yet")
@@ -248,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         while locust.poll() is None and time.monotonic() < deadline:
             snap = {name: cpu_seconds(proc) for name, proc in comps.items()}
             snap["locust"] = cpu_seconds(lproc)
+            snap["_machine"] = _machine_busy()
             samples.append((time.time(), snap))
+            loads.append((time.time(), os.getloadavg()[0]))
             if (
                 profile_at is not None
                 and profile is None
@@ -291,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             client_ratio = client["failures"] / client["requests"] if client["requests"] else None
             errors = max(m["server_5xx_ratio"] or 0.0, client_ratio or 0.0)
             locust_cpu = cpu.pop("locust", None)
+            machine_cpu = cpu.pop("_machine", None)
             sent = agg["requests"]
             row = {
                 "step": w["step"] + 1,
@@ -303,13 +329,19 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu_cores": dict(sorted(cpu.items())),
                 "cpu_cores_total_lab": round(sum(cpu.values()), 3),
                 "locust_cpu_cores": locust_cpu,
+                # Everything else on the machine (other engineers' runs): what the lab lost.
+                "other_cpu_cores": (
+                    round(machine_cpu - sum(cpu.values()) - (locust_cpu or 0.0), 2)
+                    if machine_cpu is not None
+                    else None
+                ),
                 "locust_requests": sent,
                 "locust_cpu_s_per_1000_req": (
                     round(locust_cpu * m["window_s"] / sent * 1000, 3)
                     if locust_cpu is not None and sent
                     else None
                 ),
-                "loadavg": loadavg(),
+                "loadavg": _load_at(loads, w["end"]),
             }
             # CPU per checkout is the figure the shared machine disturbs least: time slices
             # lost to other processes are not counted, only work done.
@@ -408,7 +440,8 @@ def print_table(rows: list[dict], best: dict | None) -> None:
     print()
     print(
         f"{'step':>4s} {'users':>5s} {'co/s':>6s} {'p50 ms':>7s} {'p99 ms':>7s} {'>500ms':>7s} "
-        f"{'err':>7s} {'gw req/s':>8s} {'lab cpu':>7s} {'ms/co':>6s} {'locust':>6s} {'ls/1k':>6s} "
+        f"{'err':>7s} {'gw req/s':>8s} {'lab cpu':>7s} {'ms/co':>6s} {'locust':>6s} {'others':>6s} "
+        f"{'ls/1k':>6s} "
         f"{'load':>5s}  cpu by service"
     )
     for r in rows:
@@ -418,7 +451,7 @@ def print_table(rows: list[dict], best: dict | None) -> None:
             f"{_f(r['p50_ms']):>7s} {_f(r['p99_ms']):>7s} {_pct(r['share_over_500ms']):>7s} "
             f"{_pct(r['error_ratio']):>7s} {r['gateway_req_per_s']:8.1f} "
             f"{r['cpu_cores_total_lab']:7.2f} {_f(r['lab_cpu_ms_per_checkout']):>6s} "
-            f"{_f(r['locust_cpu_cores'], 2):>6s} "
+            f"{_f(r['locust_cpu_cores'], 2):>6s} {_f(r['other_cpu_cores'], 2):>6s} "
             f"{_f(r['locust_cpu_s_per_1000_req'], 2):>6s} {r['loadavg']:5.2f}  {cpu}"
             + ("" if r["ok"] else "  (over limits)")
         )
