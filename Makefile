@@ -109,3 +109,12 @@ rules-check: bootstrap system-deps ## Lint and unit-test the Prometheus rules an
 .PHONY: slo-tests
 slo-tests: bootstrap system-deps ## Re-measure time-to-page with promtool and rewrite the SLO rule tests (~7 min)
 	$(RUN) python -m labctl.slo --write-tests
+
+# --- benchmarks ---------------------------------------------------------------------------
+.PHONY: bench
+bench: bootstrap system-deps ## Benchmarks: overhead, capacity, Locust cost, footprint, time to detect (~10 min)
+	$(RUN) python -m tests.bench.run_all
+
+.PHONY: bench-quick
+bench-quick: bootstrap system-deps ## The benchmarks in smoke mode (under 3 minutes)
+	$(RUN) python -m tests.bench.run_all --quick

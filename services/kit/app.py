@@ -163,7 +163,8 @@ class Kit:
         return app
 
 
-def get_kit(request: Request) -> Kit:
+async def get_kit(request: Request) -> Kit:
+    """async: a plain def dependency would be run in the thread pool on every request."""
     return request.app.state.kit
 
 

@@ -401,7 +401,7 @@ def _is_loopback(host: str | None) -> bool:
         return host == "localhost"
 
 
-def require_admin(
+async def require_admin(
     request: Request, authorization: Annotated[str | None, Header(max_length=4096)] = None
 ) -> None:
     kit = request.app.state.kit
@@ -421,7 +421,7 @@ def require_admin(
         )
 
 
-def _manager(request: Request) -> FaultManager:
+async def _manager(request: Request) -> FaultManager:
     return request.app.state.kit.faults
 
 
