@@ -118,3 +118,41 @@ bench: bootstrap system-deps ## Benchmarks: overhead, capacity, Locust cost, foo
 .PHONY: bench-quick
 bench-quick: bootstrap system-deps ## The benchmarks in smoke mode (under 3 minutes)
 	$(RUN) python -m tests.bench.run_all --quick
+
+# --- drills -------------------------------------------------------------------------------
+DRILLCTL := $(RUN) python -m labctl.drill
+DRILL ?=
+SEED ?=
+SERVICE ?=
+KIND ?=
+ONLY ?=
+
+.PHONY: drills
+drills: bootstrap ## List the drills (no answers)
+	$(DRILLCTL) list
+
+.PHONY: drill
+drill: bootstrap ## Run one drill against the running lab: make drill DRILL=payment-latency
+	@test -n "$(DRILL)" || { echo "usage: make drill DRILL=<id>  (make drills lists them)"; exit 2; }
+	$(DRILLCTL) run $(DRILL)
+
+.PHONY: blind
+blind: bootstrap ## Start a random drill without naming it (SEED=n to repeat one)
+	$(DRILLCTL) blind $(if $(SEED),--seed $(SEED))
+
+.PHONY: hint
+hint: bootstrap ## The next hint of the blind drill (costs points)
+	$(DRILLCTL) hint
+
+.PHONY: answer
+answer: bootstrap ## Answer the blind drill: make answer SERVICE=payment KIND=latency (none/none: no incident)
+	@test -n "$(SERVICE)" -a -n "$(KIND)" || { echo "usage: make answer SERVICE=<service|none> KIND=<fault kind|none>"; exit 2; }
+	$(DRILLCTL) answer --service $(SERVICE) --kind $(KIND)
+
+.PHONY: verify
+verify: bootstrap system-deps ## Run every drill on its own native lab; fail on a missed or unexpected alert or lost data (ONLY=a,b)
+	$(DRILLCTL) verify $(if $(ONLY),--only $(ONLY))
+
+.PHONY: rollback
+rollback: bootstrap ## Clear every fault and restart crashed services
+	$(DRILLCTL) rollback
