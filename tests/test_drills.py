@@ -358,7 +358,7 @@ def test_an_interrupted_drill_clears_its_faults(native_lab: NativeLab, tmp_path:
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # measured ~14 min on 2 shared cores; CI's budget is 20
+@pytest.mark.timeout(1200)  # measured 11.2 min on 2 shared cores; CI budget is 20
 def test_verify_ci_subset_on_the_real_lab(native_lab: NativeLab) -> None:
     """The CI subset: no-incident, payment-errors and crash, with journal, report and plot."""
     started = time.monotonic()
