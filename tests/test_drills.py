@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from labctl import drill as drill_cli
-from labctl.config import SERVICES
+from labctl.config import SERVICES, Ports
 from labctl.drill_model import (
     KIND_SERVICES,
     NO_INCIDENT,
@@ -359,17 +359,27 @@ def test_an_interrupted_drill_clears_its_faults(native_lab: NativeLab, tmp_path:
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # measured 11.2 min on 2 shared cores; CI budget is 20
-def test_verify_ci_subset_on_the_real_lab(native_lab: NativeLab) -> None:
-    """The CI subset: no-incident, payment-errors and crash, with journal, report and plot."""
+def test_verify_ci_subset_on_the_real_lab(tmp_path: Path) -> None:
+    """The CI subset: no-incident, payment-errors and crash, with journal, report and plot.
+
+    On a lab of its own, started as `make verify` starts one (no background Locust, fresh
+    data): the session lab carries other tests' traffic, orders and alerts.
+    """
+    lab = NativeLab(tmp_path / "lab", Ports.any_free(), load=False)
     started = time.monotonic()
-    ok, rows = drill_cli.verify(native_lab, drill_cli.verify_order(DRILLS, list(CI_SUBSET)))
-    minutes = (time.monotonic() - started) / 60
-    print(f"\n{drill_cli.table(rows)}\nCI subset: {minutes:.1f} min")
-    assert ok, drill_cli.table(rows)
-    for row in rows:
-        run_dir = Path(row["run_dir"])
-        journal = json.loads((run_dir / "journal.json").read_text())
-        assert journal["data_check"]["ok"] is True
-        assert (run_dir / "report.md").exists() and (run_dir / "report.png").exists()
-    # The crash drill restarted order on its old port: the lab is whole again.
-    assert all(s in native_lab.urls for s in SERVICES)
+    try:
+        lab.up()
+        ok, rows = drill_cli.verify(lab, drill_cli.verify_order(DRILLS, list(CI_SUBSET)))
+        minutes = (time.monotonic() - started) / 60
+        print(f"\n{drill_cli.table(rows)}\nCI subset: {minutes:.1f} min")
+        assert ok, drill_cli.table(rows)
+        for row in rows:
+            run_dir = Path(row["run_dir"])
+            journal = json.loads((run_dir / "journal.json").read_text())
+            assert journal["data_check"]["ok"] is True
+            assert (run_dir / "report.md").exists() and (run_dir / "report.png").exists()
+        # The crash drill restarted order on its old port: the lab is whole again.
+        assert all(s in lab.urls for s in SERVICES)
+    finally:
+        lab.down()
+        lab.close()
