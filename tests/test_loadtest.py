@@ -410,6 +410,25 @@ def scrape_requests_total(client: httpx.Client, url: str) -> float | None:
     )
 
 
+def wait_for_rising_requests(
+    client: httpx.Client, url: str, what: str, *, first_timeout: float, rise_timeout: float
+) -> float:
+    """Poll until the exporter counts requests, then until the count rises; return the first."""
+    first = poll(
+        f"{what} > 0",
+        lambda: (
+            (scrape_requests_total(client, url) or 0) > 0 and scrape_requests_total(client, url)
+        ),
+        timeout=first_timeout,
+    )
+    poll(
+        f"{what} to rise",
+        lambda: (scrape_requests_total(client, url) or 0) > first,
+        timeout=rise_timeout,
+    )
+    return first
+
+
 DECLINED = 'locust_requests_total{method="POST",name="/api/checkout",outcome="declined"}'
 
 
@@ -455,18 +474,8 @@ def test_headless_shape_run_against_the_real_services(lab: dict[str, str], tmp_p
         port = int(poll("the exporter's port file", lambda: _read(port_file), timeout=30))
         metrics_url = f"http://127.0.0.1:{port}/metrics"
         with httpx.Client(trust_env=False, timeout=2.0) as client:
-            first = poll(
-                "locust_requests_total > 0",
-                lambda: (
-                    (scrape_requests_total(client, metrics_url) or 0) > 0
-                    and scrape_requests_total(client, metrics_url)
-                ),
-                timeout=20,
-            )
-            poll(
-                "locust_requests_total to rise",
-                lambda: (scrape_requests_total(client, metrics_url) or 0) > first,
-                timeout=10,
+            wait_for_rising_requests(
+                client, metrics_url, "locust_requests_total", first_timeout=20, rise_timeout=10
             )
             # a declined test card: a success for Locust, a separate outcome for Prometheus
             poll(
@@ -595,18 +604,12 @@ def test_distributed_master_exports_its_workers_requests(
         )
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         with httpx.Client(trust_env=False, timeout=2.0) as client:
-            first = poll(
-                "worker requests on the master's /metrics",
-                lambda: (
-                    (scrape_requests_total(client, metrics_url) or 0) > 0
-                    and scrape_requests_total(client, metrics_url)
-                ),
-                timeout=30,
-            )
-            poll(
-                "the master's locust_requests_total to rise",
-                lambda: (scrape_requests_total(client, metrics_url) or 0) > first,
-                timeout=15,
+            wait_for_rising_requests(
+                client,
+                metrics_url,
+                "the master's locust_requests_total",
+                first_timeout=30,
+                rise_timeout=15,
             )
             users = scrape_sample(client, metrics_url, "locust_users")
         rc = master.wait(timeout=60)
