@@ -39,13 +39,13 @@ test-fast: bootstrap ## Run the tests that start no Prometheus or lab
 
 .PHONY: fmt
 fmt: bootstrap ## Format the code (ruff)
-	$(RUN) ruff format .
-	$(RUN) ruff check --fix .
+	$(RUN) ruff format services loadtest deploy tests
+	$(RUN) ruff check --fix services loadtest deploy tests
 
 .PHONY: lint
 lint: bootstrap ## Lint and check formatting (ruff)
-	$(RUN) ruff check .
-	$(RUN) ruff format --check .
+	$(RUN) ruff check services loadtest deploy tests
+	$(RUN) ruff format --check services loadtest deploy tests
 
 .PHONY: bench-overhead
 bench-overhead: bootstrap ## Instrumentation overhead: bare vs fully instrumented app, one core each

@@ -138,7 +138,10 @@ def main() -> int:
             out = ROOT / "var" / "bench" / f"profile-{name}.html"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(profiler.output_html())
-            print(profiler.output_text(unicode=False, show_all=os.environ.get("PROFILE_ALL") == "1"), file=sys.stderr)
+            print(
+                profiler.output_text(unicode=False, show_all=os.environ.get("PROFILE_ALL") == "1"),
+                file=sys.stderr,
+            )
             print(f"wrote {out}", file=report)
         else:
             costs = uvloop.run(_drive(app, args.requests, args.rounds))
