@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import anyio
@@ -13,7 +10,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.support import ROOT, fast_settings, free_port, in_process, wait_until
+from tests.support import fast_settings, in_process, running_services, wait_until
 
 pytestmark = pytest.mark.anyio
 ADMIN = {"Authorization": "Bearer triagelab-admin"}
@@ -241,50 +238,35 @@ async def test_cpu_burn_uses_cpu_until_cleared(shop):
     await gw.delete("/admin/faults", headers=ADMIN)
 
 
-async def test_memory_growth_grows_resident_memory_until_cleared(shop):
-    gw = shop["gateway"]
-    proc = psutil.Process()
-    rss0 = proc.memory_info().rss
-    await set_fault(gw, kind="memory_growth", mb_per_second=100, max_mb=60)
-
-    async def grown():
-        return proc.memory_info().rss - rss0 > 50 * 1024 * 1024
-
-    await poll(grown, attempts=400, interval=0.05)
-    await gw.delete("/admin/faults", headers=ADMIN)
-    assert await _no_faults(gw)
+def test_memory_growth_grows_resident_memory_until_cleared(tmp_path):
+    # A process of its own: in the test process, memory freed by earlier tests is reused by
+    # the fault's allocations, so RSS need not rise (a flake seen in CI).
+    with running_services(tmp_path, names=("payment",)) as lab:
+        url = lab.url("payment")
+        proc = psutil.Process(lab.procs["payment"].pid)
+        rss0 = proc.memory_info().rss
+        fault = {"kind": "memory_growth", "mb_per_second": 100, "max_mb": 60}
+        r = httpx.post(url + "/admin/faults", json={"fault": fault}, headers=ADMIN, timeout=5)
+        assert r.status_code == 201, r.text
+        wait_until(
+            lambda: proc.memory_info().rss - rss0 > 50 * 1024 * 1024,
+            timeout=20,
+            what="payment RSS grown by 50 MB",
+        )
+        # Cleared, the hoard is dropped; whether the allocator hands pages back to the OS is
+        # not the fault's business, so only the fault list is checked.
+        assert httpx.delete(url + "/admin/faults", headers=ADMIN, timeout=5).status_code == 200
+        faults = httpx.get(url + "/admin/faults", headers=ADMIN, timeout=5).json()["faults"]
+        assert faults == []
 
 
 def test_crash_fault_kills_the_process(tmp_path):
-    port = free_port()
-    env = {**os.environ, "DATA_DIR": str(tmp_path)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "services.payment.main:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until(
-            lambda: httpx.get(url + "/healthz").status_code == 200, timeout=30, what="payment up"
-        )
+    with running_services(tmp_path, names=("payment",)) as lab:
         r = httpx.post(
-            url + "/admin/faults", json={"fault": {"kind": "crash", "exit_code": 70}}, headers=ADMIN
+            lab.url("payment") + "/admin/faults",
+            json={"fault": {"kind": "crash", "exit_code": 70}},
+            headers=ADMIN,
+            timeout=5,
         )
         assert r.status_code == 201
-        assert proc.wait(timeout=10) == 70
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        assert lab.procs["payment"].wait(timeout=10) == 70
