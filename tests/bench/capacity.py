@@ -303,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         if profile is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 profile[2].wait(60)
-        time.sleep(6.0)  # one more scrape (5 s interval) covers the end of the last step
+        if not prom.wait_scraped_after("gateway", time.time()):
+            print("  warning: no scrape after the last step within 30 s; its end may be short")
 
         windows = step_windows(step_log, args.step_seconds, args.settle)
         history = locust_history(prefix)

@@ -228,6 +228,18 @@ class Prom:
             time.sleep(0.5)
         return False
 
+    def wait_scraped_after(self, job: str, after: float, deadline_s: float = 30.0) -> bool:
+        """Until Prometheus holds a sample of ``job`` scraped after unix time ``after`` (bounded):
+        then rates evaluated at ``after`` cover everything up to it."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            with contextlib.suppress(httpx.HTTPError, RuntimeError):
+                last = self.scalar(f'max(timestamp(up{{job="{job}"}}))')
+                if last is not None and last > after:
+                    return True
+            time.sleep(0.5)
+        return False
+
     def close(self) -> None:
         self.http.close()
 

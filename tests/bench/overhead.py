@@ -130,6 +130,19 @@ class Server:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def wait_idle(self, below: float = 0.05, deadline_s: float = 10.0) -> None:
+        """Until the server uses under `below` of a core over 200 ms (bounded): no batch export
+        or GC from the previous run is still being paid for in the next one's CPU figure."""
+        end = time.monotonic() + deadline_s
+        before = self.cpu_seconds()
+        while time.monotonic() < end:
+            time.sleep(0.2)  # the sampling window, not a wait for an event
+            now = self.cpu_seconds()
+            if now - before < below * 0.2:
+                return
+            before = now
+        print(f"  warning: {self.name} still busy after {deadline_s:.0f} s; measuring anyway")
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -305,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             # Alternate, and rotate the order each round so no app always goes first.
             order = apps[rnd % len(apps) :] + apps[: rnd % len(apps)]
             for a in order:
-                time.sleep(1.0)  # let the previous run's batch exports drain
+                servers[a].wait_idle()  # the previous run's batch exports have drained
                 data, cpu_s, wall = run_wrk(servers[a], args.duration, args.connections)
                 cpu = cpu_s / wall
                 sent[a] += data["requests"]
