@@ -202,7 +202,11 @@ def render_latest(meta: dict, rows: list[dict]) -> str:
         f"{m['memory_gb']} GB memory, Linux {m['kernel']}, Python {m['python']}, "
         f"Locust {m.get('locust', '?')}, Prometheus {m.get('prometheus', '?')}. Load average "
         f"{meta['loadavg_start']} at the start and {meta['loadavg_end']} at the end (1, 5, 15 "
-        "min): the machine is shared, other runs compete for the same 2 cores.",
+        "min): the machine is shared, other runs compete for the same 2 cores."
+        + "".join(
+            f" Re-run since with `--only {','.join(r['only'])}`: {r['when']}."
+            for r in meta.get("reruns", [])
+        ),
         "",
         "| # | figure | value | goal | met | note |",
         "|---|---|---:|---|---|---|",
@@ -483,20 +487,31 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     info = machine()
     start_load = [round(x, 2) for x in os.getloadavg()]
+    # A partial run (--only) keeps the other figures of the previous run, so the summary table
+    # and bench.json stay whole; `reran` says which figures are new.
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     results: dict = {}
+    if set(chosen) != set(ORDER):
+        results = {k: v for k, v in previous.get("results", {}).items() if k not in chosen}
     for name in ORDER:
         if name in chosen:
             print(f"\n===== {name}{' (quick)' if args.quick else ''}")
             results[name] = run_one(name, args.quick)
+    results = {name: results[name] for name in ORDER if name in results}
     rows = summary_rows(results)
+    now = time.strftime("%Y-%m-%d %H:%M %Z")
     meta = {
-        "when": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "when": now,
         "quick": args.quick,
         "seconds": time.monotonic() - t0,
         "machine": info,
         "loadavg_start": start_load,
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
     }
+    if set(chosen) != set(ORDER) and previous:
+        keep = ("when", "quick", "seconds", "machine", "loadavg_start", "loadavg_end")
+        meta = {k: previous[k] for k in keep if k in previous} or meta
+        meta["reruns"] = [*previous.get("reruns", []), {"when": now, "only": chosen}]
     print_summary(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
