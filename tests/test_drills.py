@@ -308,6 +308,12 @@ def test_answer_scores_the_blind_drill_and_closes_it(
     }  # fmt: skip
     (tmp_path / "current.json").write_text(json.dumps(state))
     assert drill_cli.main(["hint"]) == 0
+    # typos are refused without costing a guess
+    assert drill_cli.main(["answer", "--service", "paymnt", "--kind", "latency"]) == 2
+    assert "unknown service 'paymnt'" in capsys.readouterr().out
+    assert drill_cli.main(["answer", "--service", "payment", "--kind", "slow"]) == 2
+    assert "unknown fault kind 'slow'" in capsys.readouterr().out
+    assert json.loads((tmp_path / "current.json").read_text())["guesses"] == []
     assert drill_cli.main(["answer", "--service", "order", "--kind", "latency"]) == 1
     assert "wrong service" in capsys.readouterr().out
     assert drill_cli.main(["answer", "--service", "payment", "--kind", "latency"]) == 0

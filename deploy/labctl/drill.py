@@ -26,7 +26,7 @@ from labctl.drill_model import NO_INCIDENT, Drill, load_drills
 from labctl.drill_report import write_journal, write_report
 from labctl.drill_runner import DrillRunner, RunResult, restart_services
 from labctl.native import NativeLab
-from labctl.scoring import MAX_GUESSES, Guess, is_right, score
+from labctl.scoring import MAX_GUESSES, Guess, is_right, normalise, score
 
 DRILLS_VAR = REPO_ROOT / "var" / "drills"
 CURRENT = DRILLS_VAR / "current.json"
@@ -251,8 +251,24 @@ def _attach_answer(journal: dict[str, Any], state: dict[str, Any], drill: Drill)
     journal["score"] = result.as_dict()
 
 
+def guess_problem(service: str, kind: str) -> str | None:
+    """Why a guess is not an answer at all (a typo must not cost a guess), or None."""
+    # The kit's own list of fault kinds, imported here only: the kit is heavy for a CLI.
+    from services.kit.faults import FAULT_KINDS
+
+    if normalise(service) not in {*SERVICES, NO_INCIDENT}:
+        return f"unknown service {service!r}; one of: {', '.join(SERVICES)}, or none"
+    if normalise(kind) not in {*FAULT_KINDS, NO_INCIDENT}:
+        return f"unknown fault kind {kind!r}; one of: {', '.join(FAULT_KINDS)}, or none"
+    return None
+
+
 def cmd_answer(args: argparse.Namespace) -> int:
     state, drill = _open_state()
+    problem = guess_problem(args.service, args.kind)
+    if problem:
+        _say(f"Not an answer: {problem}. Not counted as a guess.")
+        return 2
     guess = Guess(args.service, args.kind, time.time())
     state["guesses"].append({"service": guess.service, "kind": guess.kind, "at": guess.at})
     service_ok, kind_ok = is_right(guess, drill.answer.service, drill.answer.kind)
