@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
@@ -121,6 +122,10 @@ class Kit:
                         await stack.enter_async_context(lifespan(app))
                     await stack.enter_async_context(running_workers())
                     kit.log.info("service_started")
+                    # Everything built so far (modules, routes, providers) lives as long as the
+                    # process: keep it out of the collector's full passes. Measured: p99 of the
+                    # overhead benchmark 59 -> 18 ms, CPU per request -7% (docs/benchmarks.md).
+                    gc.freeze()
                     yield
             finally:
                 for client in kit.clients.values():
