@@ -7,6 +7,9 @@
   access-log line per request on stdout.
 - `kit_notrace_app`: the kit app with the FastAPI instrumentation switched off, to attribute
   the cost (the kit's own middleware, metrics and logs vs tracing).
+- `kit_native_app`: an experiment for a steering decision, not what the services run: the kit
+  app with FastAPI's own OpenTelemetry server spans (FastAPI >= 0.165, `FastAPI(telemetry=...)`,
+  same tracer provider and exporter) in place of opentelemetry-instrumentation-fastapi.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from unittest import mock
 
 from fastapi import APIRouter, FastAPI
 
+import services.kit.app as kit_module
 from services.kit import Settings
 from services.kit.app import FastAPIInstrumentor, Kit
 
@@ -46,3 +50,23 @@ def kit_notrace_app() -> FastAPI:
     settings = Settings()
     with mock.patch.object(FastAPIInstrumentor, "instrument_app", lambda *a, **k: None):
         return Kit(SERVICE, settings).build_app(title="bench-kit-notrace", routers=[_router()])
+
+
+def kit_native_app() -> FastAPI:
+    kit = Kit(SERVICE, Settings())
+    telemetry = {
+        "tracer_provider": kit.tracer_provider,
+        "metrics": False,  # the kit's RED middleware counts requests
+        "logs": False,  # the kit's structlog lines log them
+        "operation_spans": False,  # one server span per request, as the instrumentation makes
+        "exclude": lambda scope: scope["path"] in ("/healthz", "/readyz", "/metrics"),
+    }
+
+    def native_fastapi(*args, **kwargs) -> FastAPI:
+        return FastAPI(*args, telemetry=telemetry, **kwargs)
+
+    with (
+        mock.patch.object(kit_module, "FastAPI", native_fastapi),
+        mock.patch.object(FastAPIInstrumentor, "instrument_app", lambda *a, **k: None),
+    ):
+        return kit.build_app(title="bench-kit-native", routers=[_router()])

@@ -124,6 +124,7 @@ def main() -> int:
         "bare": bench_apps.bare_app,
         "kit": bench_apps.kit_app,
         "kit-notrace": bench_apps.kit_notrace_app,
+        "kit-native": bench_apps.kit_native_app,
     }
     results = {}
     for name in [a.strip() for a in args.apps.split(",")]:

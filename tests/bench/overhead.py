@@ -45,6 +45,10 @@ APPS = {
         "tests.bench.apps:kit_notrace_app",
         "kit without the FastAPI instrumentation (attribution only)",
     ),
+    "kit-native": (
+        "tests.bench.apps:kit_native_app",
+        "kit with FastAPI's native OTel spans instead of the instrumentation (experiment)",
+    ),
 }
 SERVER_CORE = "0"
 LOAD_CORE = "1"
