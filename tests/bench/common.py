@@ -9,6 +9,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -130,6 +131,7 @@ def start_lab(
     from labctl.config import Ports
     from labctl.native import NativeLab
 
+    stop_on_sigterm()
     rt = runtime_dir or Path(tempfile.mkdtemp(prefix="lab-", dir=_bench_tmp()))
     lines: list[str] = []
     out = lines.append if quiet else print
@@ -144,6 +146,18 @@ def start_lab(
         print("\n".join(lines))
         raise
     return Lab(lab, rt, time.monotonic() - t0)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (kill, a CI timeout) unwinds like Ctrl-C, so `finally` stops what the benchmark
+    started instead of leaving its lab's processes behind."""
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        with contextlib.suppress(ValueError):  # not the main thread: leave it to the caller
+            signal.signal(signal.SIGTERM, interrupt)
 
 
 def add_load(lab: Lab, users: int = 10) -> float:

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.bench.common import stop_on_sigterm
+
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "var" / "bench" / "overhead.json"
 
@@ -309,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         f"wrk -t1 -c{args.connections} on core {LOAD_CORE}, server on core {SERVER_CORE}"
     )
     workdir = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    stop_on_sigterm()
     servers = {a: Server(a, APPS[a][0], workdir) for a in apps}
     summaries = {a: Summary(a) for a in apps}
     sent = dict.fromkeys(apps, 0)
