@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from labctl.config import COMPONENTS, SERVICES
 
-from tests.bench import footprint, run_all
+from tests.bench import footprint, run_all, span_cost
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -73,3 +73,26 @@ def test_doc_regeneration_keeps_hand_written_sections(tmp_path: Path) -> None:
         f"## {run_all.TTD} (generated)",
     ]
     assert "hand-written figures" in text and "stale" in text
+
+
+def test_a_partial_run_keeps_the_other_figures(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    earlier = {"benchmark": "overhead", "summary": [], "marker": "from the full run"}
+    previous = {
+        "when": "earlier", "quick": False, "seconds": 600.0, "machine": {"nproc": 2},
+        "loadavg_start": [1, 1, 1], "loadavg_end": [1, 1, 1], "results": {"overhead": earlier},
+    }  # fmt: skip
+    out.write_text(json.dumps(previous))
+    assert run_all.main(["--only", "ttd", "--no-doc", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["results"]["overhead"]["marker"] == "from the full run"
+    assert "ttd" in saved["results"]
+    assert saved["when"] == "earlier"  # the header still describes the full run...
+    assert [r["only"] for r in saved["reruns"]] == [["ttd"]]  # ...and names the re-run
+
+
+def test_span_cost_prints_its_four_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    assert span_cost.main(["--spans", "1000"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert len(lines) == 4
+    assert all(float(line.split()[-1]) > 0 for line in lines)
