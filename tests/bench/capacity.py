@@ -181,7 +181,8 @@ def hottest_service(samples: list[tuple[float, dict[str, float]]], span: float =
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", default="5,10,20,30,45,60", help="users per step, comma-separated")
+    # Finer near the knee (~30 users on 2 cores): the figure is the last step within limits.
+    p.add_argument("--steps", default="10,20,25,30,35,40,50", help="users per step, comma list")
     p.add_argument("--step-seconds", type=float, default=40.0)
     p.add_argument("--settle", type=float, default=10.0, help="seconds left out at each step start")
     p.add_argument("--user-rate", type=float, default=2.0, help="tasks per second per user")
