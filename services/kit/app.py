@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
@@ -22,11 +23,13 @@ from .faults import FaultManager, FaultMiddleware, admin_router
 from .http import ServiceClient
 from .logs import configure_logging, get_logger
 from .metrics import Metrics
-from .middleware import TelemetryMiddleware
+from .middleware import DeadlineGate, TelemetryMiddleware
 from .settings import Settings
 from .tracing import build_tracer_provider
 
 ReadinessCheck = Callable[[], Awaitable[Any]]
+# A worker that raises is restarted after this backoff (doubling, jittered, capped).
+WORKER_BACKOFF_SECONDS = (0.1, 30.0)
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
@@ -74,8 +77,28 @@ class Kit:
 
     def add_worker(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         """A background loop that runs for the app's lifetime (started after the service's own
-        startup, cancelled before its shutdown)."""
+        startup, cancelled before its shutdown), supervised: see `supervise`."""
         self.workers[name] = run
+
+    async def supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a worker forever: if it raises (or returns), log it, count it in
+        ``worker_restarts_total{worker}`` and start it again after a jittered, doubling backoff.
+        No worker can die silently."""
+        low, high = WORKER_BACKOFF_SECONDS
+        delay = low
+        restarts = self.metrics.worker_restarts.labels(name)
+        while True:
+            started = asyncio.get_running_loop().time()
+            try:
+                await run()
+                self.log.error("worker_exited", worker=name)
+            except Exception as exc:
+                self.log.error("worker_crashed", worker=name, error=repr(exc), exc_info=exc)
+            if asyncio.get_running_loop().time() - started > high:
+                delay = low  # it ran well for a while: a fresh failure starts the backoff over
+            restarts.inc()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, high)
 
     def open_database(self) -> Database:
         self.database = Database(self.settings, self.metrics.registry, self.tracer_provider)
@@ -102,7 +125,10 @@ class Kit:
 
         @asynccontextmanager
         async def running_workers() -> AsyncIterator[None]:
-            tasks = [asyncio.create_task(run(), name=name) for name, run in kit.workers.items()]
+            tasks = [
+                asyncio.create_task(kit.supervise(name, run), name=name)
+                for name, run in kit.workers.items()
+            ]
             try:
                 yield
             finally:
@@ -153,10 +179,15 @@ class Kit:
         self.metrics.initialise_routes(
             [(m, r.path, r.status_code or 200) for r in api_routes for m in r.methods]
         )
-        # Innermost first: faults act inside telemetry, so they show as symptoms only.
+        # Innermost first: faults act inside telemetry, so they show as symptoms only; the
+        # deadline gate is inside the faults, so a request held past its deadline does no work.
+        app.add_middleware(DeadlineGate)
         app.add_middleware(FaultMiddleware, manager=self.faults, routes=api_routes)
         app.add_middleware(
-            TelemetryMiddleware, metrics=self.metrics, max_body_bytes=self.settings.max_body_bytes
+            TelemetryMiddleware,
+            metrics=self.metrics,
+            max_body_bytes=self.settings.max_body_bytes,
+            budget_seconds=self.settings.request_budget_seconds,
         )
         FastAPIInstrumentor.instrument_app(
             app,

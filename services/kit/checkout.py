@@ -45,3 +45,8 @@ class Cart(BaseModel):
         if len({i.product_id for i in items}) != len(items):
             raise ValueError("each product may appear once; use quantity")
         return items
+
+
+# A client's Idempotency-Key (RFC draft "The Idempotency-Key HTTP Header Field"): printable
+# ASCII without spaces, so it can be logged and sent on as a header as it is.
+IdempotencyKey = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[!-~]+$")]

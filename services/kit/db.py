@@ -12,7 +12,7 @@ from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.metrics import NoOpMeter
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from sqlalchemy import MetaData, event, text
+from sqlalchemy import MetaData, event, inspect, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, create_async_engine
@@ -73,8 +73,17 @@ class Database:
         )
 
     async def create_all(self, metadata: MetaData) -> None:
+        """Create missing tables; refuse to start on a table of an older layout (no migrations:
+        the lab's data is disposable) with a message that says what to do."""
         async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
+            stale = await conn.run_sync(_missing_columns, metadata)
+        if stale:
+            raise RuntimeError(
+                f"the database {self.engine.url.render_as_string(hide_password=True)} was made by "
+                f"an older version (missing: {', '.join(stale)}): delete it (`make clean` for "
+                "the lab) and start again"
+            )
 
     async def connect(self) -> AsyncConnection:
         """A pooled connection; a 503 (not a hang, not a 500) when the pool is exhausted."""
@@ -107,6 +116,15 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _missing_columns(sync_conn, metadata: MetaData) -> list[str]:
+    inspector = inspect(sync_conn)
+    missing = []
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
+    return missing
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

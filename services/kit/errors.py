@@ -26,12 +26,20 @@ class ErrorBody(BaseModel):
 class ServiceError(Exception):
     """A failure with a status and a stable machine-readable code (e.g. 402 card_declined)."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.headers = headers
 
 
 class DownstreamError(ServiceError):
@@ -40,6 +48,9 @@ class DownstreamError(ServiceError):
     def __init__(self, peer: str, status: int, code: str, message: str) -> None:
         super().__init__(status, code, message, details={"peer": peer})
         self.peer = peer
+        # True when the peer may have acted on the request (a timeout, a 5xx): the outcome is
+        # unknown and must be asked for, never assumed to be a failure.
+        self.maybe_processed = False
 
 
 _STATUS_CODES = {
@@ -76,7 +87,7 @@ def _clean_validation_errors(errors: list[dict]) -> list[dict]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

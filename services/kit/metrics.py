@@ -64,6 +64,12 @@ class Metrics:
         self.client_retries = Counter(
             "http_client_retries", "Retried calls to other services.", ["peer"], registry=r
         )
+        self.worker_restarts = Counter(
+            "worker_restarts",
+            "Background workers that raised (or returned) and were restarted.",
+            ["worker"],
+            registry=r,
+        )
         self.service = service
         self.environment = environment
         self.set_version(version)

@@ -12,7 +12,7 @@ import time
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .context import correlation_id_var
+from .context import BUDGET_HEADER, correlation_id_var, deadline_var
 from .errors import error_response
 from .logs import get_logger
 from .metrics import Metrics
@@ -21,6 +21,7 @@ UNMATCHED = "<unmatched>"
 # Probes, scrapes and the admin API are not user traffic: no RED series, no access line.
 UNTRACKED = frozenset({"/metrics", "/healthz", "/readyz"})
 CORRELATION_HEADER = b"x-correlation-id"
+BUDGET = BUDGET_HEADER.lower().encode()
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # uuid4 bits: version 4 and the RFC 4122 variant, applied to 128 random bits (as uuid.uuid4).
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
@@ -33,10 +34,13 @@ def new_correlation_id() -> str:
 
 
 class TelemetryMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, budget_seconds: float
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
+        self.budget = budget_seconds
         self.log = get_logger(service=metrics.service)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -46,14 +50,19 @@ class TelemetryMiddleware:
 
         cid = ""
         length = -1
+        budget = self.budget
         for name, value in scope["headers"]:
             if name == CORRELATION_HEADER:
                 cid = value.decode("latin-1")[:128]
             elif name == b"content-length":
                 length = int(value) if value.isdigit() else -1
+            elif name == BUDGET and value.isdigit():
+                # The caller's remaining budget can only shorten ours, never lengthen it.
+                budget = min(budget, int(value) / 1000)
         if not cid:
             cid = new_correlation_id()
         token = correlation_id_var.set(cid)
+        deadline_token = deadline_var.set(time.monotonic() + budget)
 
         ctx = trace.get_current_span().get_span_context()
         trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else ""
@@ -91,6 +100,7 @@ class TelemetryMiddleware:
                 metrics.in_flight.dec()
                 self._record(scope, status, elapsed, trace_id)
             correlation_id_var.reset(token)
+            deadline_var.reset(deadline_token)
 
     async def _buffer(self, receive: Receive) -> tuple[Receive, int]:
         """A chunked body has no content-length: read it (up to the limit), then replay it."""
@@ -124,3 +134,24 @@ class TelemetryMiddleware:
             status=status,
             duration_ms=round(elapsed * 1000, 2),
         )
+
+
+class DeadlineGate:
+    """Innermost: a request whose caller has already given up is refused, not worked on.
+
+    It runs after the fault middleware, so a request held by a hang (or queued behind a slow
+    pool) that comes out past its deadline does no work: no late charge, no orphan write.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        deadline = deadline_var.get()
+        if deadline is not None and scope["type"] == "http" and time.monotonic() >= deadline:
+            response = error_response(
+                504, "deadline_exceeded", "the caller's deadline passed before work started"
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

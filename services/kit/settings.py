@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     notification_timeout_seconds: float = Field(1.0, gt=0, le=60)
     http_retries: int = Field(2, ge=0, le=10)
     http_retry_backoff_seconds: float = Field(0.05, ge=0, le=10)
+    # A request's whole budget: the gateway's (the edge) is this; every other service takes its
+    # caller's remaining budget from X-Request-Budget-Ms, capped by this. docs/architecture.md
+    # has the table of nested budgets.
+    request_budget_seconds: float = Field(8.0, gt=0, le=120)
 
     # Requests
     max_body_bytes: int = Field(64 * 1024, ge=1024)
@@ -54,6 +58,12 @@ class Settings(BaseSettings):
     # auth
     jwt_secret: str = "triagelab-dev-secret-change-me-0123456789"
     jwt_ttl_seconds: int = Field(3600, ge=1)
+
+    # order
+    order_reconcile_seconds: float = Field(5.0, gt=0, le=300)
+    order_settle_after_seconds: float = Field(15.0, gt=0, le=3600)
+    outbox_poll_seconds: float = Field(0.5, gt=0, le=60)
+    outbox_give_up_seconds: float = Field(3600.0, gt=0)
 
     # payment
     payment_latency_median_ms: float = Field(40.0, ge=0)
