@@ -351,36 +351,39 @@ async def test_payment_outage_fails_checkout_cleanly(shop, settings):
 
 
 async def test_notification_outage_does_not_fail_checkout(shop, settings):
+    """The confirmation waits in order's outbox and is relayed once notification answers."""
     import httpx
 
     gw = shop["gateway"]
     token = await token_for(gw)
-    gw_kit = shop["_apps"]["gateway"].state.kit
-    real = gw_kit.transports["notification"]
+    order_kit = shop["_apps"]["order"].state.kit
+    real = order_kit.transports["notification"]
     calls = {"n": 0}
 
     async def flaky(request):
         calls["n"] += 1
-        if calls["n"] <= 3:  # the first call and its two retries fail
+        if calls["n"] <= 3:  # the first relay attempt and its two retries fail
             raise httpx.ConnectError("down", request=request)
         return await real.handle_async_request(request)
 
-    gw_kit.clients.pop("notification", None)
-    gw_kit.transports["notification"] = httpx.MockTransport(flaky)
+    order_kit.clients.pop("notification", None)
+    order_kit.transports["notification"] = httpx.MockTransport(flaky)
     r = await gw.post(
         "/api/checkout",
         headers={"Authorization": f"Bearer {token}"},
         json={"items": [{"product_id": "sku-mug", "quantity": 1}], "card_number": CARD_OK},
     )
-    assert r.status_code == 201 and r.json()["notification"] == "deferred"
+    assert r.status_code == 201 and r.json()["notification"] == "queued"
     order_id = r.json()["order_id"]
     ntf = shop["notification"]
-    for _ in range(300):  # the gateway's deferred queue delivers it once notification is back
+    for _ in range(300):  # the outbox relay retries until notification accepts it
         rows = (await ntf.get("/notifications", params={"order_id": order_id})).json()
         if rows:
             break
         await __import__("anyio").sleep(0.02)
     assert rows and rows[0]["order_id"] == order_id
+    assert calls["n"] >= 4
+    assert db_rows(settings, "order", "SELECT status, attempts FROM outbox") == [("delivered", 2)]
 
 
 async def test_error_series_exist_at_zero_before_any_traffic(shop):

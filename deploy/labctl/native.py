@@ -58,8 +58,8 @@ PEERS: dict[str, tuple[str, ...]] = {
     "auth": (),
     "payment": (),
     "notification": (),
-    "order": ("payment",),
-    "gateway": ("auth", "order", "notification"),
+    "order": ("payment", "notification"),
+    "gateway": ("auth", "order"),
 }
 
 SPECS: dict[str, Spec] = {

@@ -1,21 +1,15 @@
-"""gateway: the public API. Checkout = verify token (auth) → order (db + payment) → notify."""
+"""gateway: the public API. Checkout = verify token (auth) → order (db + payment + outbox)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import random
 from typing import Annotated, Literal
 
 import httpx
-from fastapi import APIRouter, Depends, FastAPI, Header, Path
-from prometheus_client import Gauge
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Response
 from pydantic import BaseModel, Field
 
-from services.kit import DownstreamError, Kit, KitDep, ServiceError, Settings
-from services.kit.checkout import Cart
-
-OUTBOX_LIMIT = 10_000
+from services.kit import Kit, KitDep, ServiceError, Settings
+from services.kit.checkout import Cart, IdempotencyKey
 
 
 class LoginRequest(BaseModel):
@@ -32,7 +26,8 @@ class CheckoutOut(BaseModel):
     status: str
     total_cents: int
     currency: str
-    notification: Literal["queued", "deferred"]
+    # Kept for clients of the first API: the confirmation is always queued now (order's outbox).
+    notification: Literal["queued"] = "queued"
 
 
 def passthrough(response: httpx.Response) -> ServiceError:
@@ -80,27 +75,38 @@ async def products(kit: KitDep) -> list[dict]:
 
 
 @router.post("/checkout", status_code=201, response_model=CheckoutOut)
-async def checkout(body: CheckoutRequest, user: User, kit: KitDep) -> CheckoutOut:
-    response = await kit.client("order").request(
-        "POST", "/orders", json={"user": user, **body.model_dump()}
+async def checkout(
+    body: CheckoutRequest,
+    user: User,
+    kit: KitDep,
+    response: Response,
+    idempotency_key: Annotated[IdempotencyKey | None, Header()] = None,
+) -> CheckoutOut:
+    """One purchase. With an Idempotency-Key (per shopper), a re-send replays the first answer
+    (`Idempotent-Replayed: true`) instead of buying again; a key reused for another cart is a 422.
+    The confirmation is written by order in the transaction that marks the order paid."""
+    upstream = await kit.client("order").request(
+        "POST",
+        "/orders",
+        json={"user": user, "idempotency_key": idempotency_key, **body.model_dump()},
     )
-    if response.status_code != 201:
-        raise passthrough(response)
-    order = response.json()
-    notification = await kit.state["notifier"].send(order["order_id"], user)
+    if upstream.status_code not in (200, 201):
+        raise passthrough(upstream)
+    order = upstream.json()
+    if replayed := upstream.headers.get("idempotent-replayed"):
+        response.headers["Idempotent-Replayed"] = replayed
     kit.log.info(
         "checkout_completed",
         order_id=order["order_id"],
         user=user,
         total_cents=order["total_cents"],
-        notification=notification,
+        replayed=bool(replayed),
     )
     return CheckoutOut(
         order_id=order["order_id"],
         status=order["status"],
         total_cents=order["total_cents"],
         currency=order["currency"],
-        notification=notification,
     )
 
 
@@ -115,58 +121,8 @@ async def get_order(order_id: Annotated[str, Path(max_length=40)], user: User, k
     return order
 
 
-class Notifier:
-    """Enqueues confirmations; while notification is down, keeps them and retries in background.
-
-    A notification outage must not fail a paid checkout. The deferred queue is in memory (a
-    gateway restart during an outage loses it: documented in docs/architecture.md).
-    """
-
-    def __init__(self, kit: Kit) -> None:
-        self.kit = kit
-        self.deferred: asyncio.Queue[tuple[str, str]] = asyncio.Queue(OUTBOX_LIMIT)
-        Gauge(
-            "gateway_notification_outbox_depth",
-            "Confirmations waiting for notification.",
-            registry=kit.metrics.registry,
-        ).set_function(self.deferred.qsize)
-
-    async def _post(self, order_id: str, user: str) -> None:
-        await self.kit.client("notification").request(
-            "POST",
-            "/notifications",
-            json={"order_id": order_id, "recipient": user},
-            headers={"Idempotency-Key": order_id},
-        )
-
-    async def send(self, order_id: str, user: str) -> Literal["queued", "deferred"]:
-        try:
-            await self._post(order_id, user)
-            return "queued"
-        except DownstreamError as exc:
-            self.kit.log.warning("notification_deferred", order_id=order_id, reason=exc.code)
-            with contextlib.suppress(asyncio.QueueFull):
-                self.deferred.put_nowait((order_id, user))
-            return "deferred"
-
-    async def run(self) -> None:
-        delay = 0.5
-        while True:
-            order_id, user = await self.deferred.get()
-            try:
-                await self._post(order_id, user)
-                delay = 0.5
-            except DownstreamError:
-                self.deferred.put_nowait((order_id, user))
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 10.0)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     kit = Kit("gateway", settings)
-    notifier = kit.state["notifier"] = Notifier(kit)
     kit.require_peer("auth")
     kit.require_peer("order")
-
-    kit.add_worker("deferred-notifications", notifier.run)
     return kit.build_app(title="gateway", routers=[router])

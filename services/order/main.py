@@ -1,65 +1,39 @@
-"""order: the order lifecycle (pending → paid | payment_failed), its own database."""
+"""order: the order lifecycle (pending → paid | payment_failed, via payment_unknown when a charge's
+outcome is unknown), its own database, and the outbox of confirmations.
+
+Money rules live in ledger.py, the confirmation relay in outbox.py, the tables in models.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
+import json
 import time
 import uuid
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, FastAPI, Path, Query
-from prometheus_client import Counter
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import Float, ForeignKey, Integer, String, select, update
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
 
-from services.kit import DownstreamError, Kit, KitDep, ServiceError, Settings
-from services.kit.checkout import Cart
+from services.kit import Kit, KitDep, ServiceError, Settings
+from services.kit.checkout import Cart, IdempotencyKey
 
-# The catalogue is the order service's data: prices are never taken from the client.
-PRODUCTS = {
-    "sku-espresso": ("Espresso beans 1 kg", 2490),
-    "sku-grinder": ("Burr grinder", 12900),
-    "sku-kettle": ("Gooseneck kettle", 5900),
-    "sku-filter": ("Paper filters x100", 690),
-    "sku-scale": ("Coffee scale", 3490),
-    "sku-mug": ("Enamel mug", 1290),
-}
-TERMINAL = ("paid", "payment_failed")
-RECONCILE_EVERY_SECONDS = 15.0
+from .ledger import Ledger
+from .models import NONTERMINAL, OUTBOX_STATUSES, PRODUCTS, STATUSES, Base, Order, OrderItem
+from .models import OutboxMessage as OutboxRow
+from .outbox import Relay
 
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Order(Base):
-    __tablename__ = "orders"
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    user: Mapped[str] = mapped_column(String(64), index=True)
-    status: Mapped[str] = mapped_column(String(20), index=True)
-    total_cents: Mapped[int] = mapped_column(Integer)
-    currency: Mapped[str] = mapped_column(String(3))
-    payment_method: Mapped[str] = mapped_column(String(20))
-    card_last4: Mapped[str] = mapped_column(String(4))
-    failure_code: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    created_at: Mapped[float] = mapped_column(Float)
-    updated_at: Mapped[float] = mapped_column(Float)
-    items: Mapped[list[OrderItem]] = relationship(lazy="raise")
-
-
-class OrderItem(Base):
-    __tablename__ = "order_items"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
-    product_id: Mapped[str] = mapped_column(String(40))
-    quantity: Mapped[int] = mapped_column(Integer)
-    unit_price_cents: Mapped[int] = mapped_column(Integer)
+REPLAYED = {"Idempotent-Replayed": "true"}
 
 
 class NewOrder(Cart):
     user: str = Field(min_length=1, max_length=64)
+    idempotency_key: IdempotencyKey | None = None
 
 
 class ItemOut(BaseModel):
@@ -76,8 +50,18 @@ class OrderOut(BaseModel):
     currency: str
     payment_method: str
     failure_code: str | None = None
+    idempotency_key: str | None = None
     created_at: float
     items: list[ItemOut] | None = None
+
+
+class OutboxOut(BaseModel):
+    order_id: str
+    status: str
+    attempts: int
+    created_at: float
+    delivered_at: float | None = None
+    last_error: str | None = None
 
 
 class Product(BaseModel):
@@ -96,6 +80,7 @@ def _out(o: Order, with_items: bool = True) -> OrderOut:
         currency=o.currency,
         payment_method=o.payment_method,
         failure_code=o.failure_code,
+        idempotency_key=o.idempotency_key,
         created_at=o.created_at,
         items=[
             ItemOut(
@@ -108,6 +93,19 @@ def _out(o: Order, with_items: bool = True) -> OrderOut:
     )
 
 
+def fingerprint(body: NewOrder) -> str:
+    """What makes two checkouts under one key the same request (items in any order). Only the
+    card's last four digits go in: no hash of a card number is stored."""
+    canonical = {
+        "items": sorted((i.product_id, i.quantity) for i in body.items),
+        "card_last4": body.card_number[-4:],
+        "currency": body.currency,
+        "user": body.user,
+        "key": body.idempotency_key,
+    }
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
 router = APIRouter(tags=["orders"])
 
 
@@ -117,10 +115,14 @@ async def products() -> list[Product]:
 
 
 @router.post("/orders", status_code=201, response_model=OrderOut)
-async def create_order(body: NewOrder, kit: KitDep) -> OrderOut:
+async def create_order(body: NewOrder, kit: KitDep) -> OrderOut | JSONResponse:
     unknown = [i.product_id for i in body.items if i.product_id not in PRODUCTS]
     if unknown:
         raise ServiceError(422, "unknown_product", f"unknown product: {', '.join(unknown)}")
+    ledger: Ledger = kit.state["ledger"]
+    digest = fingerprint(body)
+    if body.idempotency_key and (existing := await _by_key(kit, body)) is not None:
+        return await _replay(kit, existing, body, digest)
     now = time.time()
     order = Order(
         id="ord_" + uuid.uuid4().hex[:20],
@@ -130,6 +132,8 @@ async def create_order(body: NewOrder, kit: KitDep) -> OrderOut:
         currency=body.currency,
         payment_method="card",
         card_last4=body.card_number[-4:],
+        idempotency_key=body.idempotency_key,
+        request_hash=digest if body.idempotency_key else None,
         created_at=now,
         updated_at=now,
     )
@@ -141,60 +145,58 @@ async def create_order(body: NewOrder, kit: KitDep) -> OrderOut:
     ]
     async with kit.database.session() as s:
         s.add(order)
-        await s.commit()
-    counter: Counter = kit.state["orders"]
-    counter.labels("pending", "card").inc()
+        try:
+            await s.commit()
+        except IntegrityError:
+            # The same key arrived twice at once: the first one owns the order.
+            await s.rollback()
+            existing = await _by_key(kit, body)
+            if existing is None:
+                raise
+            return await _replay(kit, existing, body, digest)
+    ledger.orders.labels("pending", "card").inc()
     kit.log.info("order_created", order_id=order.id, total_cents=order.total_cents)
-
     # The connection is not held while the payment runs: a slow processor must not drain the pool.
-    try:
-        response = await kit.client("payment").request(
-            "POST",
-            "/payments/charge",
-            json={
-                "order_id": order.id,
-                "amount_cents": order.total_cents,
-                "currency": order.currency,
-                "card_number": body.card_number,
-            },
-            headers={"Idempotency-Key": order.id},
+    await ledger.charge(order, body.card_number)
+    return _out(order)
+
+
+async def _by_key(kit: Kit, body: NewOrder) -> Order | None:
+    async with kit.database.session() as s:
+        return await s.scalar(
+            select(Order)
+            .where(Order.user == body.user, Order.idempotency_key == body.idempotency_key)
+            .options(selectinload(Order.items))
         )
-    except DownstreamError as exc:
-        await _finish(kit, order, "payment_failed", exc.code)
-        exc.details = {**(exc.details or {}), "order_id": order.id}
-        raise
-    if response.status_code == 201:
-        await _finish(kit, order, "paid", None)
-        kit.state["revenue"].labels(order.currency).inc(order.total_cents)
-        return _out(order)
-    body_json = response.json()
-    await _finish(kit, order, "payment_failed", body_json.get("code", "payment_rejected"))
-    if response.status_code == 402:
+
+
+async def _replay(kit: Kit, order: Order, body: NewOrder, digest: str) -> JSONResponse:
+    """A re-sent checkout: the first one's answer, never a second purchase."""
+    ledger: Ledger = kit.state["ledger"]
+    if order.request_hash != digest:
         raise ServiceError(
-            402,
-            "card_declined",
-            body_json.get("message", "card declined"),
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different checkout",
             details={"order_id": order.id},
         )
-    raise ServiceError(
-        502,
-        "payment_rejected",
-        f"payment refused the charge ({response.status_code})",
-        details={"order_id": order.id},
-    )
-
-
-async def _finish(kit: Kit, order: Order, status: str, failure: str | None) -> None:
-    order.status, order.failure_code, order.updated_at = status, failure, time.time()
-    async with kit.database.session() as s:
-        await s.execute(
-            update(Order)
-            .where(Order.id == order.id)
-            .values(status=status, failure_code=failure, updated_at=order.updated_at)
+    age = time.time() - order.created_at
+    if order.status == "pending" and age < kit.settings.request_budget_seconds:
+        raise ServiceError(
+            409,
+            "checkout_in_progress",
+            "a checkout with this Idempotency-Key is still being processed",
+            details={"order_id": order.id},
+            headers={"Retry-After": "1"},
         )
-        await s.commit()
-    kit.state["orders"].labels(status, order.payment_method).inc()
-    kit.log.info("order_" + status, order_id=order.id, failure_code=failure)
+    if order.status in NONTERMINAL:
+        # The shopper asks again: re-send the charge under the same key (payment answers with
+        # the charge already made, or makes it once).
+        kit.log.info("order_charge_retried", order_id=order.id)
+        await ledger.charge(order, body.card_number)
+    if order.status != "paid":
+        raise ledger.answer_error(order, headers=REPLAYED)
+    return JSONResponse(_out(order).model_dump(), status_code=201, headers=REPLAYED)
 
 
 @router.get("/orders/{order_id}", response_model=OrderOut)
@@ -211,73 +213,59 @@ async def get_order(order_id: Annotated[str, Path(max_length=40)], kit: KitDep) 
 @router.get("/orders", response_model=list[OrderOut])
 async def list_orders(
     kit: KitDep,
-    status: Annotated[Literal["pending", "paid", "payment_failed"] | None, Query()] = None,
+    status: Annotated[Literal[STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
+    created_after: Annotated[float | None, Query(ge=0)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[OrderOut]:
     query = select(Order).order_by(Order.created_at.desc()).limit(limit)
     if status:
         query = query.where(Order.status == status)
+    if created_after is not None:
+        query = query.where(Order.created_at > created_after)
     async with kit.database.session() as s:
         return [_out(o, with_items=False) for o in await s.scalars(query)]
 
 
-async def reconcile_pending(kit: Kit, older_than_seconds: float = 30.0) -> int:
-    """After a crash, settle orders left pending by asking payment what really happened."""
-    cutoff = time.time() - older_than_seconds
+@router.get("/outbox", response_model=list[OutboxOut])
+async def list_outbox(
+    kit: KitDep,
+    status: Annotated[Literal[OUTBOX_STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
+    created_after: Annotated[float | None, Query(ge=0)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> list[OutboxOut]:
+    """The confirmations order has written (for the post-drill data check and for triage)."""
+    query = select(OutboxRow).order_by(OutboxRow.created_at.desc()).limit(limit)
+    if status:
+        query = query.where(OutboxRow.status == status)
+    if created_after is not None:
+        query = query.where(OutboxRow.created_at > created_after)
     async with kit.database.session() as s:
-        stale = list(
-            await s.scalars(
-                select(Order).where(Order.status == "pending", Order.created_at < cutoff).limit(500)
+        return [
+            OutboxOut(
+                order_id=m.order_id,
+                status=m.status,
+                attempts=m.attempts,
+                created_at=m.created_at,
+                delivered_at=m.delivered_at,
+                last_error=m.last_error,
             )
-        )
-    settled = 0
-    for order in stale:
-        try:
-            response = await kit.client("payment").request(
-                "GET", "/payments", params={"order_id": order.id}
-            )
-        except DownstreamError:
-            break  # payment is down: try again at the next start
-        charges = response.json()
-        approved = any(c["outcome"] == "approved" for c in charges)
-        await _finish(
-            kit,
-            order,
-            "paid" if approved else "payment_failed",
-            None if approved else "reconciled_no_charge",
-        )
-        settled += 1
-    return settled
+            for m in await s.scalars(query)
+        ]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     kit = Kit("order", settings)
-    registry = kit.metrics.registry
-    kit.state["orders"] = Counter(
-        "orders", "Orders by status reached.", ["status", "payment_method"], registry=registry
-    )
-    kit.state["revenue"] = Counter(
-        "revenue_cents", "Revenue of paid orders, in cents.", ["currency"], registry=registry
-    )
-    for status in ("pending", *TERMINAL):
-        kit.state["orders"].labels(status, "card")
-    kit.state["revenue"].labels("EUR")
+    relay = Relay(kit)
+    ledger = kit.state["ledger"] = Ledger(kit, relay)
     kit.require_peer("payment")
-
-    async def reconciler() -> None:
-        while True:
-            await asyncio.sleep(RECONCILE_EVERY_SECONDS)
-            try:
-                if settled := await reconcile_pending(kit):
-                    kit.log.warning("orders_reconciled", count=settled)
-            except Exception as exc:
-                kit.log.warning("reconcile_failed", error=repr(exc))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await kit.open_database().create_all(Base.metadata)
+        await relay.load()
         yield
 
-    kit.add_worker("reconciler", reconciler)
+    kit.add_worker("reconciler", ledger.run)
+    kit.add_worker("outbox-relay", relay.run)
 
     return kit.build_app(title="order", routers=[router], lifespan=lifespan)

@@ -1,4 +1,10 @@
-"""payment: a simulated card processor with idempotent charges and its own store."""
+"""payment: a simulated card processor with idempotent charges and its own store.
+
+A charge's Idempotency-Key (order uses the order id) is unique: a retry gets the first answer.
+`POST /payments/resolve` settles an unknown outcome for good: it returns the charge made under a
+key, or, if there is none, voids the key so that no charge can be made under it later (a late
+request still in flight then finds the void). The reconciler in order relies on that.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import random
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, FastAPI, Header, Query
 from fastapi.responses import JSONResponse
@@ -43,7 +49,7 @@ class Charge(Base):
     card_last4: Mapped[str] = mapped_column(String(4))
     outcome: Mapped[str] = mapped_column(String(20))
     decline_code: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    created_at: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
 
 
 class ChargeRequest(BaseModel):
@@ -51,6 +57,13 @@ class ChargeRequest(BaseModel):
     amount_cents: int = Field(gt=0, le=10_000_000)
     currency: Currency
     card_number: CardNumber
+
+
+class ResolveRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    idempotency_key: str = Field(min_length=1, max_length=100)
+    order_id: str = Field(min_length=1, max_length=40)
+    currency: Currency = "EUR"
 
 
 class ChargeOut(BaseModel):
@@ -62,6 +75,7 @@ class ChargeOut(BaseModel):
     card_last4: str
     outcome: str
     decline_code: str | None = None
+    created_at: float
 
 
 def _out(charge: Charge) -> ChargeOut:
@@ -71,6 +85,13 @@ def _out(charge: Charge) -> ChargeOut:
 def _result(charge: Charge, replayed: bool) -> JSONResponse:
     """The same answer for the first call and every replay: 201 approved, 402 declined."""
     headers = {"Idempotent-Replayed": "true"} if replayed else None
+    if charge.outcome == "voided":
+        raise ServiceError(
+            409,
+            "charge_voided",
+            "this charge was voided: its order was settled without it",
+            details=_out(charge).model_dump(),
+        )
     if charge.outcome == "declined":
         raise ServiceError(
             402,
@@ -134,6 +155,8 @@ async def charge(
 
 
 def _replay(existing: Charge, body: ChargeRequest) -> JSONResponse:
+    if existing.outcome == "voided":
+        return _result(existing, replayed=True)
     same = (
         existing.order_id == body.order_id
         and existing.amount_cents == body.amount_cents
@@ -149,15 +172,60 @@ def _replay(existing: Charge, body: ChargeRequest) -> JSONResponse:
     return _result(existing, replayed=True)
 
 
+@router.post("/resolve", response_model=ChargeOut)
+async def resolve(body: ResolveRequest, kit: KitDep) -> ChargeOut:
+    """The final outcome under a key: the charge made under it, or a void that forbids one."""
+    db = kit.database
+    async with db.session() as s:
+        existing = await s.scalar(
+            select(Charge).where(Charge.idempotency_key == body.idempotency_key)
+        )
+        if existing is not None:
+            return _out(existing)
+        row = Charge(
+            id="pay_" + uuid.uuid4().hex[:20],
+            idempotency_key=body.idempotency_key,
+            order_id=body.order_id,
+            amount_cents=0,
+            currency=body.currency,
+            card_last4="",
+            outcome="voided",
+            decline_code=None,
+            created_at=time.time(),
+        )
+        s.add(row)
+        try:
+            await s.commit()
+        except IntegrityError:
+            # The charge itself committed a moment ago: that is the outcome.
+            await s.rollback()
+            existing = await s.scalar(
+                select(Charge).where(Charge.idempotency_key == body.idempotency_key)
+            )
+            return _out(existing)
+    kit.state["payments"].labels("voided").inc()
+    kit.log.warning("payment_voided", order_id=row.order_id, payment_id=row.id)
+    return _out(row)
+
+
 @router.get("", response_model=list[ChargeOut])
 async def list_charges(
     kit: KitDep,
     order_id: Annotated[str | None, Query(max_length=40)] = None,
+    outcome: Annotated[Literal["approved", "declined", "voided"] | None, Query()] = None,
+    created_after: Annotated[float | None, Query(ge=0)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[ChargeOut]:
-    query = select(Charge).order_by(Charge.created_at.desc()).limit(limit)
+    """Newest first; with `created_after`, oldest first from that time (for paging forward)."""
+    if created_after is None:
+        query = select(Charge).order_by(Charge.created_at.desc())
+    else:
+        query = select(Charge).where(Charge.created_at > created_after).order_by(Charge.created_at)
+    query = query.limit(limit)
     if order_id:
         query = query.where(Charge.order_id == order_id)
+    if outcome:
+        query = query.where(Charge.outcome == outcome)
     async with kit.database.session() as s:
         return [_out(c) for c in await s.scalars(query)]
 
@@ -175,7 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     kit.state["payments"] = Counter(
         "payments", "Charges by outcome.", ["outcome"], registry=kit.metrics.registry
     )
-    for outcome in ("approved", "declined", "error"):
+    for outcome in ("approved", "declined", "voided", "error"):
         kit.state["payments"].labels(outcome)
 
     @asynccontextmanager
