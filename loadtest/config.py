@@ -81,6 +81,7 @@ class LoadSettings:
     max_items: int = 3
     currency: str = "EUR"
     timeout: float = 10.0
+    checkout_retries: int = 2
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LoadSettings:
@@ -97,4 +98,5 @@ class LoadSettings:
             max_items=int(_float(env, "LOCUST_MAX_ITEMS", 3, 1, 20)),
             currency=(env.get("LOCUST_CURRENCY") or "EUR").strip().upper(),
             timeout=_float(env, "LOCUST_TIMEOUT", 10.0, 0.1, 600.0),
+            checkout_retries=int(_float(env, "LOCUST_CHECKOUT_RETRIES", 2, 0, 10)),
         )

@@ -10,6 +10,11 @@ Prometheus exporter and the services' own ``route`` label line up one to one. A 
 checkouts use a test card that the payment service declines: that 402 is the correct business
 answer, so it counts as a success in Locust and as ``outcome="declined"`` in the exporter;
 a declined card that is *accepted*, or a good card that is declined, is a failure.
+
+Each purchase carries an ``Idempotency-Key`` of its own. A checkout that fails with a 5xx, a 409
+(still in progress) or no answer at all is re-sent with the same key, up to
+``LOCUST_CHECKOUT_RETRIES`` times after a short jittered pause, the way a careful client does:
+the shop replays the first answer instead of selling twice.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import itertools
 import logging
 import random
 import time
+import uuid
 from collections import Counter, deque
 from typing import Any
 
@@ -133,11 +139,23 @@ class Shopper(FastHttpUser):
             for pid in random.sample(self.product_ids, count)
         ]
         body = {"items": items, "card_number": card, "currency": SETTINGS.currency}
+        headers = {**self.auth, "Idempotency-Key": uuid.uuid4().hex}
         context = {"expect": "declined" if declined else "approved"}
+        for attempt in range(1 + SETTINGS.checkout_retries):
+            if attempt:
+                JOURNEY["retried"] += 1
+                time.sleep(random.uniform(0.5, 1.5) * attempt)  # gevent-patched: yields
+            outcome = self._checkout_once(body, headers, context, declined)
+            if outcome != "retry":
+                return
+        JOURNEY["error"] += 1
+
+    def _checkout_once(self, body: dict, headers: dict, context: dict, declined: bool) -> str:
+        """One attempt: "done", or "retry" when the answer does not settle the purchase."""
         with self.client.post(
             CHECKOUT,
             json=body,
-            headers=self.auth,
+            headers=headers,
             name=CHECKOUT,
             context=context,
             catch_response=True,
@@ -146,7 +164,9 @@ class Shopper(FastHttpUser):
             if status == 401:
                 self.auth = None  # log in again on the next checkout or order lookup
                 JOURNEY["unauthorized"] += 1
-                return  # stays a failure
+                return "done"  # stays a failure
+            if status == 0 or status >= 500 or status == 409:
+                return "retry"  # Locust already marks a 5xx or no answer failed
             if declined:
                 if status == 402:
                     resp.success()
@@ -154,22 +174,23 @@ class Shopper(FastHttpUser):
                 else:
                     JOURNEY["unexpected"] += 1
                     resp.failure(f"declined test card got {status}, expected 402")
-                return
+                return "done"
             if status == 402:
                 JOURNEY["unexpected"] += 1
                 resp.failure("approved test card was declined")
-                return
+                return "done"
             if status != 201:
                 JOURNEY["error"] += 1
-                return  # a 5xx or timeout: Locust already marks it failed
+                return "done"
             try:
                 order_id = resp.json()["order_id"]
             except (ValueError, KeyError, TypeError):
                 JOURNEY["error"] += 1
                 resp.failure("checkout response has no order_id")
-                return
+                return "done"
             JOURNEY["approved"] += 1
         self.orders.append(order_id)
+        return "done"
 
     @task(2)
     def order_status(self) -> None:
