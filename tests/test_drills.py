@@ -33,12 +33,11 @@ from labctl.drill_runner import (
     AlertRecord,
     AlertTracker,
     DrillRunner,
-    check_data,
     evaluate,
     interruptible,
-    parse_ts,
     time_to_detect,
 )
+from labctl.data_check import check_data, parse_ts
 from labctl.native import NativeLab
 from labctl.scoring import WRONG_GUESS_COST, Guess, score
 from pydantic import ValidationError
@@ -247,33 +246,83 @@ def test_verdict_needs_expected_alerts_within_bound_and_no_forbidden_alert() -> 
     assert verdict == "FAIL" and failures == ["data check: 1 accepted order(s) missing: ord_x"]
 
 
-def _order(order_id: str, status: str) -> dict:
-    return {"order_id": order_id, "status": status, "created_at": 1.0}
+def _healthy_state() -> dict[str, list[dict]]:
+    """Two orders as the services hold them after a clean run: one paid, one declined."""
+
+    def order(order_id, status, key):
+        return {"order_id": order_id, "user": "alice", "status": status, "total_cents": 1290,
+                "currency": "EUR", "idempotency_key": key, "created_at": 1.0}  # fmt: skip
+
+    def charge(order_id, outcome, amount=1290):
+        return {"payment_id": "pay_" + order_id, "order_id": order_id, "outcome": outcome,
+                "amount_cents": amount, "currency": "EUR", "created_at": 1.0}  # fmt: skip
+
+    return {
+        "orders": [order("o1", "paid", "k1"), order("o2", "payment_failed", "k2")],
+        "charges": [charge("o1", "approved"), charge("o2", "declined")],
+        "outbox": [{"order_id": "o1", "status": "delivered", "created_at": 1.0}],
+        "notifications": [{"order_id": "o1", "status": "delivered", "created_at": 1.0}],
+    }
 
 
-def test_data_check_finds_lost_orders_double_charges_and_stuck_notifications() -> None:
-    orders = [_order("o1", "paid"), _order("o2", "payment_failed")]
-    notes = [{"order_id": "o1", "status": "delivered", "created_at": 1.0}]
-    charges = [{"order_id": "o1", "outcome": "approved"}, {"order_id": "o2", "outcome": "declined"}]
-    assert check_data({"o1"}, orders, notes, charges, 0)["ok"] is True
+def _broken(change) -> list[str]:
+    state = _healthy_state()
+    change(state)
+    result = check_data({"o1"}, state)
+    assert result["ok"] is False
+    return result["problems"]
 
-    result = check_data({"o1", "o9"}, orders, notes, charges, 0)
-    assert not result["ok"] and any("missing: o9" in p for p in result["problems"])
 
-    twice = [*charges, {"order_id": "o1", "outcome": "approved"}]
-    assert any(
-        "charged twice" in p for p in check_data({"o1"}, orders, notes, twice, 0)["problems"]
-    )
+def test_data_check_passes_a_clean_run_and_reports_counts() -> None:
+    result = check_data({"o1"}, _healthy_state())
+    assert result["ok"] is True, result["problems"]
+    assert result["orders_by_status"] == {"paid": 1, "payment_failed": 1}
+    assert result["charges_by_outcome"] == {"approved": 1, "declined": 1}
 
-    stuck = [{"order_id": "o1", "status": "queued", "created_at": 1.0}]
-    assert any(
-        "still queued" in p for p in check_data({"o1"}, orders, stuck, charges, 0)["problems"]
-    )
 
-    pending = [*orders, _order("o3", "pending")]
-    assert any(
-        "still pending" in p for p in check_data(None, pending, notes, charges, 0)["problems"]
-    )
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        # 1. an approved charge for an order reported failed (the payment-timeout bug)
+        (lambda s: s["charges"].__setitem__(1, {**s["charges"][1], "outcome": "approved"}),
+         "for an order that is not paid"),
+        (lambda s: s["charges"].append({**s["charges"][0], "payment_id": "pay_x"}),
+         "charged twice"),
+        (lambda s: s["charges"].append({**s["charges"][0], "order_id": "o9"}),
+         "without an order"),
+        (lambda s: s["charges"].__setitem__(0, {**s["charges"][0], "amount_cents": 2580}),
+         "another amount"),
+        # 2. a paid order nobody paid for
+        (lambda s: s["charges"].pop(0), "paid order(s) without an approved charge"),
+        # 3. a paid order whose confirmation was lost
+        (lambda s: s["notifications"].clear(), "without a delivered or dead-lettered"),
+        # 4. one key, two orders (a double purchase by a retrying shopper)
+        (lambda s: s["orders"].append({**s["orders"][1], "order_id": "o3", "idempotency_key": "k1"}),
+         "idempotency key(s) with several orders"),
+        # 5. left on its way
+        (lambda s: s["orders"].append({**s["orders"][1], "order_id": "o4", "idempotency_key": None,
+                                       "status": "payment_unknown"}),
+         "still unsettled"),
+        (lambda s: s["outbox"].__setitem__(0, {**s["outbox"][0], "status": "pending"}),
+         "still in order's outbox"),
+        (lambda s: s["notifications"].__setitem__(0, {**s["notifications"][0], "status": "queued"}),
+         "still queued"),
+        # 6. told 201, but the order is not paid / not there
+        (lambda s: s["orders"].__setitem__(0, {**s["orders"][0], "status": "payment_failed"}),
+         "accepted order(s) not paid"),
+        (lambda s: s["orders"].pop(0), "accepted order(s) missing"),
+    ],
+)  # fmt: skip
+def test_data_check_fails_when_an_invariant_is_broken(change, expected) -> None:
+    problems = _broken(change)
+    assert any(expected in p for p in problems), problems
+
+
+def test_a_dead_lettered_confirmation_counts_as_settled() -> None:
+    state = _healthy_state()
+    state["notifications"].clear()
+    state["outbox"][0]["status"] = "dead_lettered"
+    assert check_data({"o1"}, state)["ok"] is True
 
 
 def test_prometheus_timestamps_with_nanoseconds_parse() -> None:

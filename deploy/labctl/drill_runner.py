@@ -10,7 +10,6 @@ firing time is activeAt + the rule's ``for``) and, for the journal, from the ale
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import psutil
 
 from labctl import procs
 from labctl.config import REPO_ROOT, SERVICES, LabError, Ports
+from labctl.data_check import accepted_orders, check_data, parse_ts, wait_and_fetch
 from labctl.drill_model import Drill, FaultStep
 from labctl.native import NativeLab
 
@@ -36,17 +35,6 @@ PROGRESS_SECONDS = 10.0
 QUIET_TIMEOUT = 300.0
 DATA_CHECK_TIMEOUT = 150.0
 HTTP_TIMEOUT = 5.0
-
-
-def parse_ts(text: str) -> float:
-    """Prometheus' RFC 3339 (nanoseconds allowed) or a log's ISO 8601 stamp, as unix seconds."""
-    text = text.replace("Z", "+00:00")
-    main, sep, rest = text.partition(".")
-    if sep:  # Python's parser takes at most 6 fractional digits
-        digits = "".join(c for c in rest if c.isdigit())
-        tz = rest[len(digits) :]
-        text = f"{main}.{digits[:6]}{tz}"
-    return datetime.fromisoformat(text).timestamp()
 
 
 class Stop(Exception):
@@ -558,43 +546,17 @@ class DrillRunner:
     # ------------------------------------------------------------- data check
 
     def data_check(self, since: float, tracker: AlertTracker) -> dict[str, Any]:
-        """No data lost: accepted orders terminal, no double charge, notifications settled."""
-        self.out("  data check: waiting for orders and notifications to settle")
-        http = httpx.Client(timeout=10, trust_env=False)
+        """Nothing lost, nobody charged wrongly: the invariants of labctl.data_check."""
+        self.out("  data check: waiting for orders and confirmations to settle")
         accepted = accepted_orders(self.lab.log_file("gateway"), since)
-        deadline = time.monotonic() + DATA_CHECK_TIMEOUT
-        orders: list[dict] = []
-        notes: list[dict] = []
-        outbox = 0.0
-        try:
-            for _ in range(int(DATA_CHECK_TIMEOUT / POLL_SECONDS) + 2):
-                tracker.poll()
-                orders = [
-                    o
-                    for o in http.get(
-                        f"{self.urls['order']}/orders", params={"limit": 10000}
-                    ).json()
-                    if o["created_at"] >= since - 1
-                ]
-                notes = [
-                    n
-                    for n in http.get(
-                        f"{self.urls['notification']}/notifications", params={"limit": 10000}
-                    ).json()
-                    if n["created_at"] >= since - 1
-                ]
-                outbox = gateway_outbox(http, self.urls["gateway"])
-                pending = [o for o in orders if o["status"] == "pending"]
-                queued = [n for n in notes if n["status"] == "queued"]
-                if not pending and not queued and not outbox:
-                    break
-                if time.monotonic() > deadline:
-                    break
-                self._wait(POLL_SECONDS)
-            charges = http.get(f"{self.urls['payment']}/payments", params={"limit": 10000}).json()
-        finally:
-            http.close()
-        return check_data(accepted, orders, notes, charges, outbox)
+
+        def pause(seconds: float) -> None:
+            tracker.poll()
+            self._wait(seconds)
+
+        with httpx.Client(timeout=10, trust_env=False) as http:
+            state = wait_and_fetch(http, self.urls, since, DATA_CHECK_TIMEOUT, pause, POLL_SECONDS)
+        return check_data(accepted, state)
 
     def _notifications(self, since: float) -> list[dict[str, Any]]:
         url = self.urls.get("receiver")
@@ -638,98 +600,6 @@ class DrillRunner:
 
 
 # --------------------------------------------------------------------- pure parts
-
-
-def accepted_orders(gateway_log: Path, since: float) -> set[str] | None:
-    """Order ids the gateway answered 201 for (its ``checkout_completed`` log lines)."""
-    if not gateway_log.exists():
-        return None
-    found = set()
-    with gateway_log.open(encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if "checkout_completed" not in line:
-                continue
-            try:
-                record = json.loads(line)
-                if record.get("event") != "checkout_completed":
-                    continue
-                if parse_ts(record["timestamp"]) >= since - 1:
-                    found.add(record["order_id"])
-            except (ValueError, KeyError, TypeError):
-                continue
-    return found
-
-
-def gateway_outbox(http: httpx.Client, gateway: str) -> float:
-    """Confirmations the gateway still holds for a notification outage (must drain to 0)."""
-    try:
-        text = http.get(f"{gateway}/metrics").text
-    except httpx.HTTPError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith("gateway_notification_outbox_depth"):
-            return float(line.split()[-1])
-    return 0.0
-
-
-def check_data(
-    accepted: set[str] | None,
-    orders: list[dict],
-    notifications: list[dict],
-    charges: list[dict],
-    outbox: float,
-) -> dict[str, Any]:
-    """The data check's verdict from what the services hold (pure: unit-tested)."""
-    problems: list[str] = []
-    by_id = {o["order_id"]: o for o in orders}
-    pending = sorted(o["order_id"] for o in orders if o["status"] == "pending")
-    if pending:
-        problems.append(f"{len(pending)} order(s) still pending: {', '.join(pending[:5])}")
-    if accepted is not None:
-        lost = sorted(accepted - set(by_id))
-        if lost:
-            problems.append(f"{len(lost)} accepted order(s) missing: {', '.join(lost[:5])}")
-        unpaid = sorted(i for i in accepted if i in by_id and by_id[i]["status"] != "paid")
-        if unpaid:
-            problems.append(f"{len(unpaid)} accepted order(s) not paid: {', '.join(unpaid[:5])}")
-    approved: dict[str, int] = {}
-    for charge in charges:
-        if charge.get("outcome") == "approved":
-            approved[charge["order_id"]] = approved.get(charge["order_id"], 0) + 1
-    double = sorted(o for o, n in approved.items() if n > 1)
-    if double:
-        problems.append(f"{len(double)} order(s) charged twice: {', '.join(double[:5])}")
-    unsettled = sorted(n["order_id"] for n in notifications if n["status"] == "queued")
-    if unsettled:
-        problems.append(f"{len(unsettled)} notification(s) still queued")
-    if outbox:
-        problems.append(f"{outbox:.0f} confirmation(s) still in the gateway's outbox")
-    if accepted is not None:
-        notified = {n["order_id"] for n in notifications}
-        missing = sorted(accepted - notified)
-        if missing and not outbox:
-            problems.append(
-                f"{len(missing)} accepted order(s) without a notification: {', '.join(missing[:5])}"
-            )
-    states: dict[str, int] = {}
-    for n in notifications:
-        states[n["status"]] = states.get(n["status"], 0) + 1
-    return {
-        "ok": not problems,
-        "problems": problems,
-        "accepted_orders": None if accepted is None else len(accepted),
-        "orders": len(orders),
-        "orders_by_status": _count(orders, "status"),
-        "notifications_by_status": states,
-        "approved_charges_checked": sum(approved.values()),  # the last 10,000 charges
-    }
-
-
-def _count(rows: list[dict], key: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for row in rows:
-        out[row[key]] = out.get(row[key], 0) + 1
-    return out
 
 
 def matches(record: AlertRecord, name: str, labels: dict[str, str]) -> bool:
