@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -174,8 +175,30 @@ class ServiceProcs:
         self._bound_port(name)  # raises if it died
         return httpx.get(self.url(name) + "/healthz", timeout=1).status_code == 200
 
+    def pause(self, name: str) -> None:
+        """SIGSTOP: the process holds its port but answers nothing (a hung host)."""
+        self.procs[name].send_signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGCONT)
+
+    def crash_and_restart(self, name: str, **env: str) -> None:
+        """SIGKILL (no shutdown code runs), then the same service on the same data, on a new
+        port (its callers keep the old URL: use it for what runs inside the service)."""
+        proc = self.procs[name]
+        proc.kill()
+        proc.wait(timeout=10)
+        self.env_overrides.update(env)
+        self._spawn(name)
+        self.ports[name] = wait_until(
+            lambda: self._bound_port(name), timeout=60, what=f"{name} listening again"
+        )
+        wait_until(lambda: self._healthy(name), timeout=60, what=f"{name} /healthz again")
+
     def stop(self) -> None:
         for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
             p.terminate()
         for p in self.procs.values():
             try:

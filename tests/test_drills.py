@@ -18,6 +18,7 @@ import httpx
 import pytest
 from labctl import drill as drill_cli
 from labctl.config import SERVICES, Ports
+from labctl.data_check import check_data, parse_ts
 from labctl.drill_model import (
     KIND_SERVICES,
     NO_INCIDENT,
@@ -37,7 +38,6 @@ from labctl.drill_runner import (
     interruptible,
     time_to_detect,
 )
-from labctl.data_check import check_data, parse_ts
 from labctl.native import NativeLab
 from labctl.scoring import WRONG_GUESS_COST, Guess, score
 from pydantic import ValidationError
@@ -297,7 +297,8 @@ def test_data_check_passes_a_clean_run_and_reports_counts() -> None:
         # 3. a paid order whose confirmation was lost
         (lambda s: s["notifications"].clear(), "without a delivered or dead-lettered"),
         # 4. one key, two orders (a double purchase by a retrying shopper)
-        (lambda s: s["orders"].append({**s["orders"][1], "order_id": "o3", "idempotency_key": "k1"}),
+        (lambda s: s["orders"].append({**s["orders"][1], "order_id": "o3",
+                                       "idempotency_key": "k1"}),
          "idempotency key(s) with several orders"),
         # 5. left on its way
         (lambda s: s["orders"].append({**s["orders"][1], "order_id": "o4", "idempotency_key": None,

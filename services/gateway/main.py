@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from services.kit import Kit, KitDep, ServiceError, Settings
 from services.kit.checkout import Cart, IdempotencyKey
+from services.kit.http import passed_on_headers
 
 
 class LoginRequest(BaseModel):
@@ -41,6 +42,7 @@ def passthrough(response: httpx.Response) -> ServiceError:
         body.get("code", "rejected"),
         body.get("message", f"request rejected ({response.status_code})"),
         body.get("details"),
+        passed_on_headers(response) or None,
     )
 
 

@@ -181,7 +181,7 @@ class Kit:
         )
         # Innermost first: faults act inside telemetry, so they show as symptoms only; the
         # deadline gate is inside the faults, so a request held past its deadline does no work.
-        app.add_middleware(DeadlineGate)
+        app.add_middleware(DeadlineGate, routes=api_routes)
         app.add_middleware(FaultMiddleware, manager=self.faults, routes=api_routes)
         app.add_middleware(
             TelemetryMiddleware,

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import ServiceError, error_response
+from .middleware import resolve_route
 
 if TYPE_CHECKING:
     from .app import Kit
@@ -379,19 +380,13 @@ class FaultMiddleware:
             elif kind == "hang":
                 await asyncio.sleep(fault.spec.seconds)
             else:  # error, bad_release: fail like the real thing, route label and all
-                self._resolve_route(scope)
+                resolve_route(self.routes, scope)
                 status = fault.spec.status
                 code, message = _CODES.get(status, ("internal_error", "internal server error"))
                 await error_response(status, code, message)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    def _resolve_route(self, scope: Scope) -> None:
-        """Label the failure with its route template, as if the handler itself had failed."""
-        for route in self.routes:
-            if scope["method"] in route.methods and route.path_regex.match(scope["path"]):
-                scope["route"] = route
-                return
 
 
 def _is_loopback(host: str | None) -> bool:

@@ -21,6 +21,8 @@ RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 # Kept back from the caller's remaining budget on every attempt: the time the caller needs to
 # record the outcome and answer its own caller before that one gives up.
 RESERVE_SECONDS = 0.1
+# A peer's answer headers that keep their meaning when its error is passed on to our caller.
+PASSED_ON_HEADERS = ("Retry-After", "Idempotent-Replayed")
 # No attempt is started with less than this left: it could only time out.
 MIN_ATTEMPT_SECONDS = 0.05
 
@@ -159,4 +161,9 @@ def _error_from_response(peer: str, response: httpx.Response) -> DownstreamError
     )
     if isinstance(details, dict):  # e.g. the order id of a checkout whose payment is pending
         error.details = {**details, "peer": peer}
+    error.headers = passed_on_headers(response) or None
     return error
+
+
+def passed_on_headers(response: httpx.Response) -> dict[str, str]:
+    return {h: response.headers[h] for h in PASSED_ON_HEADERS if h in response.headers}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -143,15 +144,26 @@ class DeadlineGate:
     pool) that comes out past its deadline does no work: no late charge, no orphan write.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, routes: list[Any]) -> None:
         self.app = app
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         deadline = deadline_var.get()
         if deadline is not None and scope["type"] == "http" and time.monotonic() >= deadline:
+            resolve_route(self.routes, scope)
             response = error_response(
                 504, "deadline_exceeded", "the caller's deadline passed before work started"
             )
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def resolve_route(routes: list[Any], scope: Scope) -> None:
+    """Label a response given before routing with its route template, as if the handler had
+    answered (RED series by route, never "<unmatched>" for a known route)."""
+    for route in routes:
+        if scope["method"] in route.methods and route.path_regex.match(scope["path"]):
+            scope["route"] = route
+            return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICE_NAMES = ("gateway", "auth", "order", "payment", "notification")
@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     # order
     order_reconcile_seconds: float = Field(5.0, gt=0, le=300)
     order_settle_after_seconds: float = Field(15.0, gt=0, le=3600)
+    order_audit_seconds: float = Field(30.0, gt=0, le=3600)
     outbox_poll_seconds: float = Field(0.5, gt=0, le=60)
     outbox_give_up_seconds: float = Field(3600.0, gt=0)
 
@@ -83,6 +84,17 @@ class Settings(BaseSettings):
         if value not in {"debug", "info", "warning", "error"}:
             raise ValueError("LOG_LEVEL must be one of debug, info, warning, error")
         return value
+
+    @model_validator(mode="after")
+    def _budgets_nest(self) -> Settings:
+        # A pending order younger than a request's whole budget may still have its request in
+        # flight: the reconciler must not settle it under that request's feet.
+        if self.order_settle_after_seconds <= self.request_budget_seconds:
+            raise ValueError(
+                f"ORDER_SETTLE_AFTER_SECONDS ({self.order_settle_after_seconds}) must exceed "
+                f"REQUEST_BUDGET_SECONDS ({self.request_budget_seconds})"
+            )
+        return self
 
     def for_service(self, name: str) -> Settings:
         """The same settings with the service name filled in (a factory names its service)."""

@@ -26,7 +26,6 @@ from services.kit import DownstreamError, Kit, ServiceError
 from .models import NONTERMINAL, STATUSES, Order
 from .outbox import Relay
 
-AUDIT_EVERY_SECONDS = 30.0
 AUDIT_LOOKBACK_SECONDS = 3600.0  # on start: charges of the last hour are checked again
 AUDIT_OVERLAP_SECONDS = 30.0  # a charge committed late is still seen
 AUDIT_PAGE = 5000
@@ -186,7 +185,7 @@ class Ledger:
                 if settled := await self.reconcile():
                     self.kit.log.warning("orders_reconciled", count=settled)
                 await self.measure()
-                if time.monotonic() - self.last_audit >= AUDIT_EVERY_SECONDS:
+                if time.monotonic() - self.last_audit >= self.kit.settings.order_audit_seconds:
                     await self.audit()
                     self.last_audit = time.monotonic()
             except ServiceError as exc:  # payment down, pool exhausted: the next round retries
