@@ -388,7 +388,6 @@ class FaultMiddleware:
         await self.app(scope, receive, send)
 
 
-
 def _is_loopback(host: str | None) -> bool:
     try:
         return host is not None and ipaddress.ip_address(host).is_loopback
