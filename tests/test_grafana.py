@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,15 +117,96 @@ def test_exemplars_link_by_the_label_the_services_put_on_them(datasources):
     assert re.search(r"exemplar\s*=\s*\{\"trace_id\"", kit), "exemplars lost their trace_id"
 
 
-def test_trace_to_logs_maps_service_name_to_the_loki_label_and_filters_by_trace(datasources):
+def _jaeger_trace_response(resource: dict, span: dict) -> dict:
+    """A Jaeger v2 `GET /api/traces/{id}` answer for one span, by Jaeger's own translation
+    (jaeger's OTLP -> model translator: `service.name` becomes `processes[*].serviceName` and is
+    dropped from the tags; every other resource attribute becomes a process tag; span attributes
+    become span tags). Written from Jaeger's source, not recorded from a server."""
+    process_tags = [
+        {"key": k, "type": "string", "value": str(v)}
+        for k, v in resource.items()
+        if k != "service.name"
+    ]
+    return {
+        "data": [
+            {
+                "traceID": span["trace_id"],
+                "spans": [
+                    {
+                        "traceID": span["trace_id"],
+                        "spanID": span["span_id"],
+                        "operationName": span["name"],
+                        "references": [],
+                        "startTime": 1,
+                        "duration": 1,
+                        "tags": [
+                            {"key": k, "type": "string", "value": str(v)}
+                            for k, v in span["attributes"].items()
+                        ],
+                        "logs": [],
+                        "processID": "p1",
+                    }
+                ],
+                "processes": {
+                    "p1": {"serviceName": resource["service.name"], "tags": process_tags}
+                },
+            }
+        ]
+    }
+
+
+def _grafana_tags(span: dict, process: dict, mapping: list[dict]) -> list[str]:
+    """Grafana's trace-to-logs/metrics tag rule (createSpanLink.tsx): the span's and its
+    process's tags whose key is configured, as `<mapped name>="<value>"`; service.name is not
+    among them for Jaeger, which answers it as process.serviceName."""
+    names = {m["key"]: m.get("value") or m["key"] for m in mapping}
+    tags = [*process["tags"], *span["tags"]]
+    return [f'{names[t["key"]]}="{t["value"]}"' for t in tags if t["key"] in names]
+
+
+def test_trace_links_find_the_service_in_what_jaeger_really_returns(datasources, tmp_path):
+    from services.kit import Settings
+    from services.kit.tracing import build_tracer_provider
+
+    provider = build_tracer_provider(Settings(data_dir=tmp_path).for_service("gateway"))
+    with provider.get_tracer("t").start_as_current_span("GET /api/products") as live:
+        ctx = live.get_span_context()
+        live.set_attribute("http.route", "/api/products")
+    span = {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x"),
+            "name": "GET /api/products", "attributes": dict(live.attributes)}  # fmt: skip
+    trace = _jaeger_trace_response(dict(provider.resource.attributes), span)["data"][0]
+    jspan, process = trace["spans"][0], trace["processes"]["p1"]
+    assert process["serviceName"] == "gateway"
+    assert all(t["key"] != "service.name" for t in process["tags"])  # the old mapping's gap
+
     t2l = datasources["jaeger"]["jsonData"]["tracesToLogsV2"]
-    assert t2l["filterByTraceID"] is True
-    assert {"key": "service.name", "value": "service"} in t2l["tags"]
-    t2m = datasources["jaeger"]["jsonData"]["tracesToMetrics"]
-    assert {"key": "service.name", "value": "service"} in t2m["tags"]
-    assert t2m["queries"] and all("$__tags" in q["query"] for q in t2m["queries"])
+    tags = _grafana_tags(jspan, process, t2l["tags"])
+    assert tags == ['service="gateway"']  # the Loki label Alloy sets
+    logql = (
+        "{" + ", ".join(tags) + "}" + (f' |="{trace["traceID"]}"' if t2l["filterByTraceID"] else "")
+    )
+    assert logql == f'{{service="gateway"}} |="{span["trace_id"]}"'
     alloy = (ROOT / "deploy" / "alloy" / "config.alloy").read_text()
     assert re.search(r'target_label\s*=\s*"service"', alloy), "Alloy must set the service label"
+
+    # Trace -> metrics: $__tags becomes the same matchers; every query must parse with them
+    # and without them (a span whose process lacks the tag).
+    t2m = datasources["jaeger"]["jsonData"]["tracesToMetrics"]
+    metric_tags = ", ".join(_grafana_tags(jspan, process, t2m["tags"]))
+    assert metric_tags == 'service="gateway"'
+    queries = [q["query"].replace("$$", "$") for q in t2m["queries"]]
+    assert queries and all("$__tags" in q for q in queries)
+    rules = [
+        {"record": f"link:check:{i}", "expr": q.replace("$__tags", value)}
+        for i, q in enumerate(queries)
+        for value in (metric_tags, "")
+    ]
+    path = tmp_path / "links.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "links", "rules": rules}]}))
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian prometheus) is needed: make system-deps"
+    check = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_derived_field_finds_the_trace_id_in_a_real_service_log_line(datasources, capfd):

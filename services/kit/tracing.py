@@ -19,6 +19,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from .settings import Settings
 
+SERVICE_TAG = "triagelab.service"
+
 # W3C tracecontext + baggage on every hop, in and out.
 propagate.set_global_textmap(
     CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
@@ -77,6 +79,10 @@ def build_tracer_provider(settings: Settings) -> TracerProvider:
     resource = Resource.create(
         {
             "service.name": settings.service_name,
+            # Jaeger returns service.name as process.serviceName, never as a tag, and Grafana
+            # builds trace -> logs/metrics links from tags only: this copy is the tag they map
+            # to the `service` label (grafana/provisioning/datasources/datasources.yaml).
+            SERVICE_TAG: settings.service_name,
             "service.version": settings.service_version,
             "deployment.environment": settings.deployment_environment,
         }

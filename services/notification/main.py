@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, FastAPI, Path, Query
 from fastapi.responses import JSONResponse
 from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from sqlalchemy import Float, Integer, String, select, update
@@ -135,8 +136,14 @@ class Outbox:
 
     async def drain(self) -> None:
         now = time.time()
+        with suppress_instrumentation():  # the poll is not a trace; a delivery is
+            due = await self._due(now)
+        if due:
+            await asyncio.gather(*(self.deliver(n) for n in due))
+
+    async def _due(self, now: float) -> list[Notification]:
         async with self.kit.database.session() as s:
-            due = list(
+            return list(
                 await s.scalars(
                     select(Notification)
                     .where(Notification.status == "queued", Notification.next_attempt_at <= now)
@@ -144,8 +151,6 @@ class Outbox:
                     .limit(BATCH)
                 )
             )
-        if due:
-            await asyncio.gather(*(self.deliver(n) for n in due))
 
     async def deliver(self, n: Notification) -> None:
         kit, settings = self.kit, self.kit.settings

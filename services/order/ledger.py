@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from prometheus_client import Counter, Gauge
 from sqlalchemy import and_, func, or_, select, update
 
@@ -194,20 +195,8 @@ class Ledger:
     async def reconcile(self) -> int:
         """Settle unknown orders, and pending ones whose request is over, by asking payment."""
         cutoff = time.time() - self.kit.settings.order_settle_after_seconds
-        async with self.kit.database.session() as s:
-            stale = list(
-                await s.scalars(
-                    select(Order)
-                    .where(
-                        or_(
-                            Order.status == "payment_unknown",
-                            and_(Order.status == "pending", Order.created_at < cutoff),
-                        )
-                    )
-                    .order_by(Order.created_at)
-                    .limit(RECONCILE_BATCH)
-                )
-            )
+        with suppress_instrumentation():  # the poll is not a trace; a settlement is (below)
+            stale = await self._stale(cutoff)
         settled = 0
         for order in stale:
             response = await self.kit.client("payment").request(
@@ -236,7 +225,27 @@ class Ledger:
                 settled += 1
         return settled
 
+    async def _stale(self, cutoff: float) -> list[Order]:
+        async with self.kit.database.session() as s:
+            return list(
+                await s.scalars(
+                    select(Order)
+                    .where(
+                        or_(
+                            Order.status == "payment_unknown",
+                            and_(Order.status == "pending", Order.created_at < cutoff),
+                        )
+                    )
+                    .order_by(Order.created_at)
+                    .limit(RECONCILE_BATCH)
+                )
+            )
+
     async def measure(self) -> None:
+        with suppress_instrumentation():
+            await self._measure()
+
+    async def _measure(self) -> None:
         async with self.kit.database.session() as s:
             count, oldest = (
                 await s.execute(
