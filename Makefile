@@ -12,10 +12,8 @@ help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: bootstrap
-bootstrap: ## Install uv (if missing) and the locked Python environment
-	@command -v $(UV) >/dev/null 2>&1 || { echo "==> installing uv"; python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv; }
-	@$(UV) --version >/dev/null 2>&1 || { echo "uv not found after install: add ~/.local/bin to PATH"; exit 1; }
-	@$(UV) sync --frozen --quiet
+bootstrap: ## Install uv (if missing: pipx, else a venv of its own) and the locked Python environment
+	@deploy/bootstrap.sh
 
 .PHONY: system-deps
 system-deps: ## Install Prometheus, Alertmanager, docker-compose, wrk, PostgreSQL (Debian, as root)
@@ -37,6 +35,18 @@ test: bootstrap system-deps ## Run the whole test suite (unit, rules, integratio
 test-fast: bootstrap ## Run the tests that start no Prometheus or lab
 	$(RUN) pytest -m "not integration" $(PYTEST_ARGS)
 
+PYTHONS ?= 3.12 3.13
+
+.PHONY: test-pythons
+test-pythons: bootstrap ## The tests that start no lab on each of PYTHONS (from PATH or pyenv), one venv each
+	@for v in $(PYTHONS); do \
+		py=$$(command -v python$$v 2>/dev/null); \
+		{ [ -n "$$py" ] && "$$py" -V >/dev/null 2>&1; } || py=$$(pyenv prefix $$v 2>/dev/null | head -n1)/bin/python$$v; \
+		"$$py" -V >/dev/null 2>&1 || { echo "Python $$v not found (PATH, pyenv): install it or set PYTHONS"; exit 1; }; \
+		echo "==> Python $$v: $$py"; \
+		UV_PROJECT_ENVIRONMENT=.venv-$$v $(UV) run --frozen --python "$$py" pytest -m "not integration" -q -p no:cacheprovider $(PYTEST_ARGS) || exit 1; \
+	done
+
 .PHONY: fmt
 fmt: bootstrap ## Format the code (ruff)
 	$(RUN) ruff format services loadtest deploy tests
@@ -54,25 +64,33 @@ bench-overhead: bootstrap ## Instrumentation overhead: bare vs fully instrumente
 # --- the lab ----------------------------------------------------------------------------
 LAB := $(RUN) python -m labctl
 
+# The mode is decided first, by a shell script: compose mode needs Docker and make, not Python.
+LABSH := deploy/lab.sh
+
 .PHONY: up
-up: bootstrap ## Start the lab (native without Docker, compose with it; MODE=native|compose)
-	$(LAB) up --mode $(MODE)
+up: ## Start the lab (native without Docker, compose with it; MODE=native|compose)
+	@if [ "$$(MODE=$(MODE) $(LABSH) mode)" = compose ]; then $(LABSH) compose up; \
+	else $(MAKE) --no-print-directory bootstrap && $(LAB) up --mode native; fi
 
 .PHONY: down
 down: ## Stop what `make up` started (data is kept)
-	$(LAB) down --mode $(MODE)
+	@if [ "$$(MODE=$(MODE) $(LABSH) mode)" = compose ]; then $(LABSH) compose down; \
+	else $(LAB) down --mode native; fi
 
 .PHONY: status
 status: ## Show each component, pid, URL and health (exit 3: not running, 1: unhealthy)
-	@$(LAB) status --mode $(MODE)
+	@if [ "$$(MODE=$(MODE) $(LABSH) mode)" = compose ]; then $(LABSH) compose status; \
+	else $(LAB) status --mode native; fi
 
 .PHONY: clean
 clean: ## Stop the lab and delete its data (var/)
-	$(LAB) clean --mode $(MODE)
+	@if [ "$$(MODE=$(MODE) $(LABSH) mode)" = compose ]; then $(LABSH) compose clean; \
+	else $(LAB) clean --mode native; fi
 
 .PHONY: logs
 logs: ## Show the last lines of each component's log (C="gateway payment" to pick)
-	$(LAB) logs $(C)
+	@if [ "$$(MODE=$(MODE) $(LABSH) mode)" = compose ]; then $(LABSH) compose logs; \
+	else $(LAB) logs $(C); fi
 
 .PHONY: ps
 ps: ## Compose: list the containers

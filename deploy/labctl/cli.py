@@ -38,7 +38,7 @@ def _pick_mode(requested: str, lab: NativeLab | None = None) -> str:
         return requested
     if lab is not None and lab.state_file.exists() and lab._running():
         return "native"  # a native lab is running: down/status must find it, Docker or not
-    if compose.docker_answers():
+    if compose.docker_answers(REPO_ROOT):
         _say("A Docker engine answers: compose mode (MODE=native forces the native lab).")
         return "compose"
     return "native"
@@ -53,7 +53,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     probe = _lab(args, ports)
     mode = _pick_mode(args.mode, probe)
     if mode == "compose":
-        return compose.run(REPO_ROOT, "up", _say)
+        return compose.run(REPO_ROOT, "up")
     for name in SERVICES:
         if not (REPO_ROOT / "services" / name / "main.py").exists():
             raise LabError(f"services/{name}/main.py is missing: the services are not built yet")
@@ -81,7 +81,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     lab = _lab(args, Ports.from_env())
     mode = _pick_mode(args.mode, lab)
     if mode == "compose":
-        return compose.run(REPO_ROOT, "down", _say)
+        return compose.run(REPO_ROOT, "down")
     stopped = lab.down()
     if stopped:
         _say(f"Stopped {', '.join(stopped)}. Data kept in {_display(lab.runtime_dir)}.")
@@ -94,7 +94,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     lab = _lab(args, Ports.from_env())
     mode = _pick_mode(args.mode, lab)
     if mode == "compose":
-        return compose.run(REPO_ROOT, "status", _say)
+        return compose.run(REPO_ROOT, "status")
     rows = lab.status()
     _say(format_table(rows))
     live = [r for r in rows if r.pid]
@@ -109,7 +109,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     lab = _lab(args, Ports.from_env())
     mode = _pick_mode(args.mode, lab)
     if mode == "compose":
-        return compose.run(REPO_ROOT, "clean", _say)
+        return compose.run(REPO_ROOT, "clean")
     lab.clean()
     _say(f"Stopped the lab and deleted {_display(lab.runtime_dir)}.")
     return 0
