@@ -439,3 +439,41 @@ def test_verify_ci_subset_on_the_real_lab(tmp_path: Path) -> None:
     finally:
         lab.down()
         lab.close()
+
+
+@pytest.mark.integration
+def test_verify_rebuilds_a_broken_lab_and_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drill that leaves the lab broken is an ERROR; the next drill runs on a rebuilt lab."""
+    from types import SimpleNamespace
+
+    import psutil
+
+    lab = NativeLab(tmp_path / "lab", Ports.any_free(), load=False, out=lambda _line: None)
+    seen: list[tuple[str, list[str]]] = []
+
+    def fake_execute(lab_, drill, run_id, **_kw):
+        seen.append((drill.id, lab_.missing()))
+        if len(seen) == 1:  # the first drill kills a service and does not bring it back
+            pid = json.loads(lab_.state_file.read_text())["components"]["payment"]["pid"]
+            psutil.Process(pid).kill()
+            psutil.Process(pid).wait(10)
+        journal = {"expected": [], "data_check": {"ok": True}}
+        return SimpleNamespace(
+            tracker=SimpleNamespace(fired=list), journal=journal, verdict="PASS", failures=[],
+            run_dir=tmp_path / run_id,
+        )  # fmt: skip
+
+    monkeypatch.setattr(drill_cli, "execute", fake_execute)
+    lab.up()
+    try:
+        ok, rows = drill_cli.verify(lab, [DRILLS["no-incident"], DRILLS["payment-latency"]],
+                                    out=lambda _line: None)  # fmt: skip
+    finally:
+        lab.down()
+        lab.close()
+    assert [s[1] for s in seen] == [[], []]  # the second drill found the lab whole again
+    assert not ok
+    assert [r["verdict"] for r in rows] == ["ERROR", "PASS"]
+    assert "payment not running" in rows[0]["failures"][0]

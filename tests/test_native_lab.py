@@ -173,3 +173,32 @@ def _not_zombie(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_clock_step_does_not_make_the_lab_forget_its_processes(
+    native_lab: NativeLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psutil's create_time is the boot time (/proc/stat, recomputed on each call) plus the start
+    ticks: a wall-clock step moves it for every process at once. The lab must not care."""
+    before = set(native_lab.urls)
+    assert set(SERVICES) <= before
+    real_boot_time = psutil._pslinux.boot_time  # type: ignore[attr-defined]
+    monkeypatch.setattr(psutil._pslinux, "boot_time", lambda: real_boot_time() + 3.0)
+    recorded = yaml.safe_load(native_lab.state_file.read_text())["components"]["gateway"]
+    stepped = psutil.Process(recorded["pid"]).create_time() - recorded["create_time"]
+    assert stepped > 2.5  # what psutil says moved with the clock
+    assert set(native_lab.urls) == before  # every component still its own
+    assert native_lab.missing() == []
+
+
+def test_a_service_the_lab_lost_track_of_is_not_started_twice(
+    native_lab: NativeLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If identity is lost anyway, a port that still answers is never restarted over."""
+    from labctl.drill_runner import restart_services
+
+    ports = {name: int(url.rsplit(":", 1)[1]) for name, url in native_lab.urls.items()}
+    monkeypatch.setattr(procs, "own_process", lambda *_args: None)  # "everything died"
+    said: list[str] = []
+    assert restart_services(native_lab, ports, said.append) == []
+    assert sum("still answers on port" in line for line in said) == len(SERVICES), said

@@ -318,35 +318,66 @@ def cmd_answer(args: argparse.Namespace) -> int:
 
 
 def verify(
-    lab: NativeLab, drills: list[Drill], out: Any = _say
+    lab: NativeLab, drills: list[Drill], out: Any = _say, *, rebuild: bool = True
 ) -> tuple[bool, list[dict[str, Any]]]:
-    """Run each drill in turn, waiting for quiet between them; the table rows and overall ok."""
+    """Run each drill in turn, waiting for quiet between them; the table rows and overall ok.
+
+    A drill that leaves the lab broken (a component gone that should run) is reported as an
+    ERROR, and the lab is rebuilt before the next drill (when `rebuild`: a lab verify started
+    itself), so one broken drill does not fail every drill after it."""
     rows = []
     ok = True
     for drill in drills:
         out(f"== {drill.id}")
-        result = execute(lab, drill, f"verify-{new_run_id()}-{drill.id}", wait_quiet=True, out=out)
-        fired = sorted({r.name for r in result.tracker.fired()})
-        expected = result.journal["expected"]
-        rows.append(
-            {
-                "drill": drill.id,
-                "expected": ", ".join(e["alert"] for e in expected) or "(none)",
-                "fired": ", ".join(fired) or "(none)",
-                "detect": ", ".join(
-                    "—" if e["detected_after"] is None else f"{e['detected_after']:.0f}s"
-                    for e in expected
-                )
-                or "—",
-                "bounds": ", ".join(f"{e['within']:.0f}s" for e in expected) or "—",
-                "data": "ok" if result.journal["data_check"].get("ok") else "FAIL",
-                "verdict": result.verdict,
-                "failures": result.failures,
-                "run_dir": str(result.run_dir),
+        try:
+            result = execute(
+                lab, drill, f"verify-{new_run_id()}-{drill.id}", wait_quiet=True, out=out
+            )
+        except LabError as exc:
+            rows.append(_error_row(drill, f"the lab is not usable: {exc}"))
+        else:
+            rows.append(_row(drill, result))
+        if missing := lab.missing():
+            message = f"the lab broke during this drill ({', '.join(missing)} not running)"
+            out(f"  {message}")
+            rows[-1] = {
+                **rows[-1],
+                "verdict": "ERROR",
+                "failures": [*rows[-1]["failures"], message],
             }
-        )
-        ok = ok and result.verdict == "PASS"
+            if not rebuild:
+                break
+            out("  rebuilding the lab before the next drill")
+            lab.down()
+            lab.up()
+        ok = ok and rows[-1]["verdict"] == "PASS"
     return ok, rows
+
+
+def _row(drill: Drill, result: RunResult) -> dict[str, Any]:
+    fired = sorted({r.name for r in result.tracker.fired()})
+    expected = result.journal["expected"]
+    return {
+        "drill": drill.id,
+        "expected": ", ".join(e["alert"] for e in expected) or "(none)",
+        "fired": ", ".join(fired) or "(none)",
+        "detect": ", ".join(
+            "—" if e["detected_after"] is None else f"{e['detected_after']:.0f}s" for e in expected
+        )
+        or "—",
+        "bounds": ", ".join(f"{e['within']:.0f}s" for e in expected) or "—",
+        "data": "ok" if result.journal["data_check"].get("ok") else "FAIL",
+        "verdict": result.verdict,
+        "failures": result.failures,
+        "run_dir": str(result.run_dir),
+    }
+
+
+def _error_row(drill: Drill, message: str) -> dict[str, Any]:
+    return {
+        "drill": drill.id, "expected": "—", "fired": "—", "detect": "—", "bounds": "—",
+        "data": "—", "verdict": "ERROR", "failures": [message], "run_dir": "",
+    }  # fmt: skip
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -384,7 +415,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         lab.up()
         stop_after = not args.keep_lab
     try:
-        ok, rows = verify(lab, chosen)
+        ok, rows = verify(lab, chosen, rebuild=not args.use_running)
     finally:
         if stop_after:
             lab.down()

@@ -206,6 +206,12 @@ def restart_services(lab: NativeLab, ports: dict[str, int], out: Callable[[str],
     running = lab.urls
     down = [s for s in SERVICES if s not in running or not healthy(running[s])]
     dead = [s for s in down if s not in running]
+    # A service the lab lost track of but whose port still answers /healthz is alive: never start
+    # a second copy on a port it holds (that used to stop the whole lab as "stray processes").
+    alive = [s for s in dead if ports.get(s) and _answers(f"http://127.0.0.1:{ports[s]}")]
+    for service in alive:
+        out(f"  {service} still answers on port {ports[service]}: not restarting it")
+    dead = [s for s in dead if s not in alive]
     if not dead:
         return []
     out(f"  restarting {', '.join(dead)} through the lab runner")
@@ -227,6 +233,13 @@ def restart_services(lab: NativeLab, ports: dict[str, int], out: Callable[[str],
     finally:
         restarter.close()
     return dead
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _port(url: str) -> int:

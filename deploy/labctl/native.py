@@ -208,7 +208,7 @@ class NativeLab:
         """Components recorded in the state file whose process is still ours and alive."""
         alive = {}
         for name, entry in self._load_state()["components"].items():
-            proc = procs.own_process(entry["pid"], entry["create_time"])
+            proc = procs.own_process(entry["pid"], entry["create_time"], entry.get("start_ticks"))
             if proc is not None and procs.is_running(proc):
                 alive[name] = (entry, proc)
         return alive
@@ -221,6 +221,11 @@ class NativeLab:
             for name, (entry, _) in self._running().items()
             if entry.get("port")
         }
+
+    def missing(self) -> list[str]:
+        """Components this lab should run (installed, not switched off) that are not running."""
+        running = self._running()
+        return [c for c in COMPONENTS if c not in running and not self.off_reason(c)]
 
     def port(self, name: str) -> int:
         entry = self._load_state()["components"].get(name)
@@ -370,14 +375,10 @@ class NativeLab:
                 argv, cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        try:
-            create_time = psutil.Process(proc.pid).create_time()
-        except psutil.NoSuchProcess:
-            create_time = 0.0
         self.pid_file(name).write_text(f"{proc.pid}\n", encoding="ascii")
         state = self._load_state()
         state["components"][name] = {
-            "pid": proc.pid, "create_time": create_time, "port": port or None,
+            "pid": proc.pid, **procs.identity(proc.pid), "port": port or None,
             "started_at": _now_iso(), "argv": argv,
         }  # fmt: skip
         self._save_state(state)
@@ -543,7 +544,9 @@ class NativeLab:
                 entry = state["components"].get(name)
                 if name not in names or entry is None:
                     continue
-                proc = procs.own_process(entry["pid"], entry["create_time"])
+                proc = procs.own_process(
+                    entry["pid"], entry["create_time"], entry.get("start_ticks")
+                )
                 if proc is not None and procs.is_running(proc):
                     victims.append(proc)
                     stopped.append(name)

@@ -1,8 +1,15 @@
 """Process and port helpers: only ever touch processes the lab started.
 
-A pid alone is not an identity (pids are reused), so every recorded pid carries its process
-create time, and every child gets a marker variable (``TRIAGELAB_LAB_DIR``) naming the runtime
-folder it belongs to.
+A pid alone is not an identity (pids are reused), so every recorded pid carries when its
+process started, and every child gets a marker variable (``TRIAGELAB_LAB_DIR``) naming the
+runtime folder it belongs to.
+
+"When it started" must not move when the wall clock does: psutil's ``create_time()`` is the boot
+time (read from /proc/stat, whole seconds, on every call) plus the start ticks, so an NTP step,
+a VM clock sync or a laptop resuming shifts every process's create time at once, and a lab that
+compared create times judged all its running services dead. On Linux the identity is the
+kernel's start ticks since boot (/proc/<pid>/stat, field 22), which no clock update touches;
+elsewhere the create time, compared with a tolerance of CREATE_TIME_TOLERANCE.
 """
 
 from __future__ import annotations
@@ -17,13 +24,40 @@ from collections.abc import Iterable
 import psutil
 
 MARKER_ENV = "TRIAGELAB_LAB_DIR"
+# Without start ticks (not Linux): a pid reused within this many seconds is not told apart; a
+# clock step larger than this makes the lab lose track of its processes.
+CREATE_TIME_TOLERANCE = 2.0
 
 
-def own_process(pid: int, create_time: float) -> psutil.Process | None:
-    """The process if it is still the one we started (same pid *and* create time)."""
+def start_ticks(pid: int) -> int | None:
+    """Clock ticks from boot to the process's start (Linux), or None where there is no procfs."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last
+    # ")"; starttime is field 22, the 20th after the command.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[19])
+
+
+def identity(pid: int) -> dict[str, float | int | None]:
+    """What to record beside a pid so that `own_process` can tell it is still ours."""
+    try:
+        create_time = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        create_time = 0.0
+    return {"create_time": create_time, "start_ticks": start_ticks(pid)}
+
+
+def own_process(pid: int, create_time: float, ticks: int | None = None) -> psutil.Process | None:
+    """The process if it is still the one we started (same pid *and* start)."""
     try:
         proc = psutil.Process(pid)
-        if abs(proc.create_time() - create_time) > 0.05:
+        if ticks is not None:
+            return proc if start_ticks(pid) == ticks else None
+        if abs(proc.create_time() - create_time) > CREATE_TIME_TOLERANCE:
             return None
         return proc
     except (psutil.NoSuchProcess, psutil.AccessDenied):
