@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import time
@@ -14,18 +13,16 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, FastAPI, Path, Query
 from fastapi.responses import JSONResponse
 from opentelemetry import propagate, trace
-from opentelemetry.instrumentation.utils import suppress_instrumentation
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from sqlalchemy import Float, Integer, String, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.kit import Kit, KitDep, ServiceError, Settings
+from services.kit import Kit, KitDep, ServiceError, Settings, queue
 from services.kit.metrics import LATENCY_BUCKETS
 
 LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-BATCH = 64
 
 
 class Base(DeclarativeBase):
@@ -71,14 +68,13 @@ def _out(n: Notification) -> NotificationOut:
 class Outbox:
     """The delivery worker: polls the durable queue, delivers concurrently, retries, dead-letters.
 
-    Queue state lives in the database, so a crash loses nothing; `pending` mirrors it in memory
+    Queue state lives in the database, so a crash loses nothing; `backlog` mirrors it in memory
     only for the queue-depth and oldest-age gauges.
     """
 
     def __init__(self, kit: Kit) -> None:
         self.kit = kit
         self.wake = asyncio.Event()
-        self.pending: dict[str, float] = {}
         self.stalled_until = 0.0  # set by the "worker stall" fault
         r = kit.metrics.registry
         self.outcomes = Counter(
@@ -86,14 +82,11 @@ class Outbox:
         )
         for outcome in ("accepted", "delivered", "retried", "dead_lettered"):
             self.outcomes.labels(outcome)
-        Gauge(
-            "notification_queue_depth", "Notifications waiting for delivery.", registry=r
-        ).set_function(lambda: len(self.pending))
-        Gauge(
-            "notification_oldest_pending_age_seconds",
-            "Age of the oldest waiting notification.",
-            registry=r,
-        ).set_function(self.oldest_age)
+        self.backlog = queue.Backlog(
+            r,
+            ("notification_queue_depth", "Notifications waiting for delivery."),
+            ("notification_oldest_pending_age_seconds", "Age of the oldest waiting notification."),
+        )
         self.attempt_duration = Histogram(
             "notification_delivery_duration_seconds",
             "One delivery attempt.",
@@ -107,50 +100,17 @@ class Outbox:
             registry=r,
         )
 
-    def oldest_age(self) -> float:
-        return time.time() - min(self.pending.values()) if self.pending else 0.0
-
     async def load(self) -> None:
-        async with self.kit.database.session() as s:
-            rows = await s.execute(
-                select(Notification.id, Notification.created_at).where(
-                    Notification.status == "queued"
-                )
-            )
-            self.pending = {i: c for i, c in rows}
+        await self.backlog.load(self.kit.database, Notification, "queued")
 
     async def run(self) -> None:
-        while True:
-            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
-            # races the inner wait, which left the worker unstoppable at shutdown.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.kit.settings.notification_poll_seconds):
-                    await self.wake.wait()
-            self.wake.clear()
-            if time.time() < self.stalled_until:
-                continue
-            try:
-                await self.drain()
-            except Exception as exc:  # a DB hiccup must not kill the worker
-                self.kit.log.error("delivery_batch_failed", error=repr(exc))
-
-    async def drain(self) -> None:
-        now = time.time()
-        with suppress_instrumentation():  # the poll is not a trace; a delivery is
-            due = await self._due(now)
-        if due:
-            await asyncio.gather(*(self.deliver(n) for n in due))
-
-    async def _due(self, now: float) -> list[Notification]:
-        async with self.kit.database.session() as s:
-            return list(
-                await s.scalars(
-                    select(Notification)
-                    .where(Notification.status == "queued", Notification.next_attempt_at <= now)
-                    .order_by(Notification.next_attempt_at)
-                    .limit(BATCH)
-                )
-            )
+        await queue.serve(
+            self.wake,
+            lambda: self.kit.settings.notification_poll_seconds,
+            lambda: queue.due_rows(self.kit.database, Notification, "queued"),
+            self.deliver,
+            paused=lambda: time.time() < self.stalled_until,
+        )
 
     async def deliver(self, n: Notification) -> None:
         kit, settings = self.kit, self.kit.settings
@@ -195,7 +155,7 @@ class Outbox:
                 )
                 await s.commit()
             if outcome != "retried":
-                self.pending.pop(n.id, None)
+                self.backlog.done(n.id)
             self.outcomes.labels(outcome).inc()
             log = kit.log.warning if failed else kit.log.info
             log(
@@ -237,7 +197,7 @@ async def enqueue(body: NewNotification, kit: KitDep) -> JSONResponse:
                 select(Notification).where(Notification.order_id == body.order_id)
             )
             return JSONResponse(_out(existing).model_dump(), status_code=202)
-    outbox.pending[row.id] = now
+    outbox.backlog.add(row.id, now)
     outbox.outcomes.labels("accepted").inc()
     outbox.wake.set()
     kit.log.info("notification_accepted", notification_id=row.id, order_id=row.order_id)

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, FastAPI, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
@@ -217,13 +217,9 @@ async def list_orders(
     created_after: Annotated[float | None, Query(ge=0)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[OrderOut]:
-    query = select(Order).order_by(Order.created_at.desc()).limit(limit)
-    if status:
-        query = query.where(Order.status == status)
-    if created_after is not None:
-        query = query.where(Order.created_at > created_after)
     async with kit.database.session() as s:
-        return [_out(o, with_items=False) for o in await s.scalars(query)]
+        rows = await s.scalars(_newest(Order, status, created_after, limit))
+        return [_out(o, with_items=False) for o in rows]
 
 
 @router.get("/outbox", response_model=list[OutboxOut])
@@ -234,11 +230,7 @@ async def list_outbox(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[OutboxOut]:
     """The confirmations order has written (for the post-drill data check and for triage)."""
-    query = select(OutboxRow).order_by(OutboxRow.created_at.desc()).limit(limit)
-    if status:
-        query = query.where(OutboxRow.status == status)
-    if created_after is not None:
-        query = query.where(OutboxRow.created_at > created_after)
+    query = _newest(OutboxRow, status, created_after, limit)
     async with kit.database.session() as s:
         return [
             OutboxOut(
@@ -251,6 +243,16 @@ async def list_outbox(
             )
             for m in await s.scalars(query)
         ]
+
+
+def _newest(model: type, status: str | None, created_after: float | None, limit: int) -> Select:
+    """Rows of `model` newest first, optionally of one status and after a time."""
+    query = select(model).order_by(model.created_at.desc()).limit(limit)
+    if status:
+        query = query.where(model.status == status)
+    if created_after is not None:
+        query = query.where(model.created_at > created_after)
+    return query
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -10,22 +10,19 @@ stayed undeliverable for OUTBOX_GIVE_UP_SECONDS. Nothing is kept only in memory.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 import uuid
 
 from opentelemetry import propagate, trace
-from opentelemetry.instrumentation.utils import suppress_instrumentation
-from prometheus_client import Counter, Gauge
-from sqlalchemy import select, update
+from prometheus_client import Counter
+from sqlalchemy import update
 
-from services.kit import DownstreamError, Kit
+from services.kit import DownstreamError, Kit, queue
 from services.kit.context import correlation_id_var
 
 from .models import Order, OutboxMessage
 
-BATCH = 64
 RETRY_BASE_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
 # A 4xx that means "not now" rather than "never": retried like an outage.
@@ -36,25 +33,17 @@ class Relay:
     def __init__(self, kit: Kit) -> None:
         self.kit = kit
         self.wake = asyncio.Event()
-        # Mirrors the undelivered rows for the gauges (the table is the truth).
-        self.pending: dict[str, float] = {}
         r = kit.metrics.registry
         self.outcomes = Counter(
             "order_confirmations", "Confirmations relayed to notification.", ["outcome"], registry=r
         )
         for outcome in ("written", "relayed", "retried", "dead_lettered"):
             self.outcomes.labels(outcome)
-        Gauge(
-            "order_outbox_depth", "Confirmations waiting to be relayed.", registry=r
-        ).set_function(lambda: len(self.pending))
-        Gauge(
-            "order_outbox_oldest_age_seconds",
-            "Age of the oldest confirmation waiting to be relayed.",
-            registry=r,
-        ).set_function(self.oldest_age)
-
-    def oldest_age(self) -> float:
-        return time.time() - min(self.pending.values()) if self.pending else 0.0
+        self.backlog = queue.Backlog(
+            r,
+            ("order_outbox_depth", "Confirmations waiting to be relayed."),
+            ("order_outbox_oldest_age_seconds", "Age of the oldest confirmation waiting."),
+        )
 
     def message(self, order: Order) -> OutboxMessage:
         """The row to add to the transaction that marks `order` paid."""
@@ -75,46 +64,20 @@ class Relay:
 
     def written(self, message: OutboxMessage) -> None:
         """Called once the transaction holding `message` committed."""
-        self.pending[message.id] = message.created_at
+        self.backlog.add(message.id, message.created_at)
         self.outcomes.labels("written").inc()
         self.wake.set()
 
     async def load(self) -> None:
-        async with self.kit.database.session() as s:
-            rows = await s.execute(
-                select(OutboxMessage.id, OutboxMessage.created_at).where(
-                    OutboxMessage.status == "pending"
-                )
-            )
-            self.pending = {i: c for i, c in rows}
+        await self.backlog.load(self.kit.database, OutboxMessage, "pending")
 
     async def run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.kit.settings.outbox_poll_seconds):
-                    await self.wake.wait()
-            self.wake.clear()
-            await self.drain()
-
-    async def drain(self) -> None:
-        now = time.time()
-        # The poll itself is not traced: two traces a second of one SELECT each would bury the
-        # checkouts in Jaeger. A delivery is (below), in the checkout's trace.
-        with suppress_instrumentation():
-            due = await self._due(now)
-        if due:
-            await asyncio.gather(*(self.deliver(m) for m in due))
-
-    async def _due(self, now: float) -> list[OutboxMessage]:
-        async with self.kit.database.session() as s:
-            return list(
-                await s.scalars(
-                    select(OutboxMessage)
-                    .where(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now)
-                    .order_by(OutboxMessage.next_attempt_at)
-                    .limit(BATCH)
-                )
-            )
+        await queue.serve(
+            self.wake,
+            lambda: self.kit.settings.outbox_poll_seconds,
+            lambda: queue.due_rows(self.kit.database, OutboxMessage, "pending"),
+            self.deliver,
+        )
 
     async def deliver(self, m: OutboxMessage) -> None:
         kit = self.kit
@@ -151,7 +114,7 @@ class Relay:
                 )
                 await s.commit()
         if outcome != "retried":
-            self.pending.pop(m.id, None)
+            self.backlog.done(m.id)
         self.outcomes.labels(outcome).inc()
         log = kit.log.info if error is None else kit.log.warning
         log("confirmation_" + outcome, order_id=m.order_id, attempt=attempts, error=error)

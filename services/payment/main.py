@@ -22,6 +22,7 @@ from prometheus_client import Counter
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from sqlalchemy import Float, Integer, String, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.kit import Kit, KitDep, ServiceError, Settings
@@ -113,7 +114,7 @@ async def charge(
 ) -> JSONResponse:
     db = kit.database
     async with db.session() as s:
-        existing = await s.scalar(select(Charge).where(Charge.idempotency_key == idempotency_key))
+        existing = await _by_key(s, idempotency_key)
     if existing is not None:
         return _replay(existing, body)
 
@@ -135,12 +136,9 @@ async def charge(
         try:
             await s.commit()
         except IntegrityError:
-            # A concurrent call with the same key won the race: answer with its result.
+            # A concurrent call with the same key (or a void) won the race: answer with its result.
             await s.rollback()
-            existing = await s.scalar(
-                select(Charge).where(Charge.idempotency_key == idempotency_key)
-            )
-            return _replay(existing, body)
+            return _replay(await _by_key(s, idempotency_key), body)
     kit.state["payments"].labels(row.outcome).inc()
     kit.log.info(
         "payment_processed",
@@ -152,6 +150,10 @@ async def charge(
         decline_code=decline,
     )
     return _result(row, replayed=False)
+
+
+async def _by_key(s: AsyncSession, key: str) -> Charge | None:
+    return await s.scalar(select(Charge).where(Charge.idempotency_key == key))
 
 
 def _replay(existing: Charge, body: ChargeRequest) -> JSONResponse:
@@ -177,9 +179,7 @@ async def resolve(body: ResolveRequest, kit: KitDep) -> ChargeOut:
     """The final outcome under a key: the charge made under it, or a void that forbids one."""
     db = kit.database
     async with db.session() as s:
-        existing = await s.scalar(
-            select(Charge).where(Charge.idempotency_key == body.idempotency_key)
-        )
+        existing = await _by_key(s, body.idempotency_key)
         if existing is not None:
             return _out(existing)
         row = Charge(
@@ -199,10 +199,7 @@ async def resolve(body: ResolveRequest, kit: KitDep) -> ChargeOut:
         except IntegrityError:
             # The charge itself committed a moment ago: that is the outcome.
             await s.rollback()
-            existing = await s.scalar(
-                select(Charge).where(Charge.idempotency_key == body.idempotency_key)
-            )
-            return _out(existing)
+            return _out(await _by_key(s, body.idempotency_key))
     kit.state["payments"].labels("voided").inc()
     kit.log.warning("payment_voided", order_id=row.order_id, payment_id=row.id)
     return _out(row)
