@@ -261,3 +261,33 @@ def test_every_variable_labctl_reads_is_documented() -> None:
     documented = set(re.findall(table_row, DOC + services, re.M))
     assert {"LAB_DIR", "ADMIN_TOKEN", "GATEWAY_PORT"} <= read
     assert read - documented == set(), "variables missing from docs/native-lab.md"
+
+
+def test_the_mode_is_decided_in_shell_before_any_python(tmp_path: Path) -> None:
+    """`make up` asks deploy/lab.sh first: compose mode must not need uv or Python."""
+    script = REPO / "deploy" / "lab.sh"
+
+    def mode(**env: str) -> subprocess.CompletedProcess:
+        full = {"PATH": os.environ["PATH"], "LAB_DIR": str(tmp_path / "lab"), **env}
+        return subprocess.run(["bash", str(script), "mode"], env=full, capture_output=True,
+                              text=True, timeout=60, check=False)  # fmt: skip
+
+    assert mode(MODE="compose").stdout.strip() == "compose"
+    assert mode(MODE="native").stdout.strip() == "native"
+    bad = mode(MODE="kubernetes")
+    assert bad.returncode == 2 and "MODE must be auto, native or compose" in bad.stderr
+    # auto on this machine: the docker client answers, no engine behind it -> native
+    assert mode(MODE="auto").stdout.strip() == "native"
+    # auto with a native lab running (a live pid recorded) -> native, whatever Docker says
+    pids = tmp_path / "lab" / "pids"
+    pids.mkdir(parents=True)
+    (pids / "gateway.pid").write_text(f"{os.getpid()}\n")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    docker = fake_bin / "docker"  # a docker whose engine answers
+    docker.write_text("#!/bin/sh\nexit 0\n")
+    docker.chmod(0o755)
+    path = f"{fake_bin}:{os.environ['PATH']}"
+    assert mode(MODE="auto", PATH=path).stdout.strip() == "native"
+    (pids / "gateway.pid").unlink()
+    assert mode(MODE="auto", PATH=path).stdout.strip() == "compose"
