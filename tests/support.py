@@ -20,10 +20,11 @@ import psutil
 from labctl.procs import listening_ports
 
 from services.kit import Settings
-from services.kit.settings import SERVICE_NAMES
+from services.topology import CALLED as PEERS
+from services.topology import SERVICES as SERVICE_NAMES
+from services.topology import start_waves
 
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = ("auth", "order", "payment", "notification")
 
 
 def fast_settings(tmp: Path, **overrides) -> Settings:
@@ -124,8 +125,7 @@ class ServiceProcs:
         is given its peers' real URLs.
         """
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        for wave in (("auth", "payment", "notification"), ("order",), ("gateway",)):
-            wave = [name for name in wave if name in self.names]
+        for wave in start_waves(self.names):
             for name in wave:
                 self._spawn(name)
             for name in wave:

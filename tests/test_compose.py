@@ -18,9 +18,12 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from services import topology
+from services.fault_spec import DEFAULT_ADMIN_TOKEN
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-SERVICES = {"gateway": 8000, "auth": 8001, "order": 8002, "payment": 8003, "notification": 8004}
+SERVICES = {name: svc.port for name, svc in topology.SERVICES_BY_NAME.items()}  # the one source
 MEMORY_BUDGET = 2 * 1024**3
 LOCAL_IMAGE = "${TRIAGELAB_IMAGE}"  # built once from deploy/docker/Dockerfile
 PYTHON_SERVICES = {*SERVICES, "receiver", "locust"}
@@ -212,8 +215,15 @@ def test_services_run_the_documented_command_on_their_port(services):
         assert _port_in(" ".join(service["healthcheck"]["test"])) == port
         env = service["environment"]
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
-        for peer in ("auth", "order", "payment", "notification"):
+        for peer in topology.CALLED:
             assert env[f"{peer.upper()}_URL"] == f"http://{peer}:{SERVICES[peer]}"
+        assert env["ADMIN_TOKEN"] == DEFAULT_ADMIN_TOKEN  # ${ADMIN_TOKEN:-<default>} unset
+
+
+def test_each_service_waits_for_those_it_calls_as_the_topology_says(services):
+    for name in SERVICES:
+        waits_for = set(services[name].get("depends_on", {})) & set(SERVICES)
+        assert waits_for == set(topology.peers(name)), name
 
 
 def test_one_network_and_named_volumes_for_data(rendered, services):

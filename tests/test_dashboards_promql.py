@@ -22,11 +22,12 @@ import pytest
 import yaml
 from labctl.native import NativeLab
 
+from services.topology import SERVICES
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "grafana" / "dashboards"
-SERVICES = ("gateway", "auth", "order", "payment", "notification")
 DEADLINE_SECONDS = 180
 
 # (dashboard uid or "*", panel title) -> why it may be empty in a fault-free run.

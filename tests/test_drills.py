@@ -20,10 +20,8 @@ from labctl import drill as drill_cli
 from labctl.config import SERVICES, Ports
 from labctl.data_check import check_data, parse_ts
 from labctl.drill_model import (
-    KIND_SERVICES,
     NO_INCIDENT,
     Drill,
-    kind_applies,
     load_drill,
     load_drills,
     problems,
@@ -42,7 +40,7 @@ from labctl.native import NativeLab
 from labctl.scoring import WRONG_GUESS_COST, Guess, score
 from pydantic import ValidationError
 
-from services.kit.faults import FAULT_KINDS
+from services.fault_spec import FAULT_KINDS, MODELS, applies
 
 DRILLS = load_drills()
 REQUIRED = {
@@ -73,7 +71,7 @@ def test_every_required_drill_exists() -> None:
 @pytest.mark.parametrize("drill_id", sorted(DRILLS))
 def test_drill_references_real_things(drill_id: str) -> None:
     drill = DRILLS[drill_id]
-    assert problems(drill, rule_alerts(), FAULT_KINDS, shapes()) == []
+    assert problems(drill, rule_alerts(), shapes()) == []
 
 
 @pytest.mark.parametrize("drill_id", sorted(DRILLS))
@@ -106,13 +104,13 @@ def test_the_no_incident_drill_injects_nothing_and_forbids_every_alert() -> None
 
 
 def test_static_kind_rules_match_the_service_restrictions() -> None:
-    assert set(KIND_SERVICES) <= set(FAULT_KINDS)
-    assert kind_applies("worker_stall", "notification")
-    assert not kind_applies("worker_stall", "payment")
-    assert not kind_applies("signing_key_mismatch", "gateway")
-    assert kind_applies("db_pool_exhaustion", "order")
-    assert not kind_applies("db_pool_exhaustion", "gateway")
-    assert all(kind_applies("latency", s) for s in SERVICES)
+    assert set(MODELS) == set(FAULT_KINDS)
+    assert applies("worker_stall", "notification")
+    assert not applies("worker_stall", "payment")
+    assert not applies("signing_key_mismatch", "gateway")
+    assert applies("db_pool_exhaustion", "order")
+    assert not applies("db_pool_exhaustion", "gateway")
+    assert all(applies("latency", s) for s in SERVICES)
 
 
 def _write(tmp_path: Path, drill_id: str, text: str) -> Path:
@@ -145,19 +143,35 @@ def test_a_drill_with_a_made_up_alert_or_misplaced_kind_is_reported(tmp_path: Pa
             BASE.format(id="bad", service="payment", kind="worker_stall", alert="NoSuchAlert"),
         )
     )
-    found = problems(bad, rule_alerts(), FAULT_KINDS, shapes())
+    found = problems(bad, rule_alerts(), shapes())
     assert "unknown alert 'NoSuchAlert'" in found
     assert "fault kind 'worker_stall' does not apply to 'payment'" in found
 
 
 def test_schema_rejects_unknown_fields_and_faults_outlasting_the_load(tmp_path: Path) -> None:
-    text = BASE.format(id="x", service="payment", kind="latency", alert="ServiceDown")
+    text = BASE.format(id="x", service="payment", kind="error", alert="ServiceDown")
     with pytest.raises(ValidationError, match="extra"):
         load_drill(_write(tmp_path, "x", text + "surprise: 1\n"))
     with pytest.raises(ValidationError, match="after the load"):
         load_drill(_write(tmp_path, "x", text.replace("for: 100", "for: 500")))
     with pytest.raises(ValueError, match="differs from the file name"):
         load_drill(_write(tmp_path, "y", text))
+
+
+def test_a_misspelt_or_made_up_fault_fails_at_load_not_forty_seconds_into_a_run(
+    tmp_path: Path,
+) -> None:
+    """The drill's fault is the admin API's own model (services.fault_spec): same checks."""
+    good = BASE.format(id="x", service="payment", kind="latency", alert="ServiceDown")
+    good = good.replace("{kind: latency}", "{kind: latency, ms: 400, jitter_ms: 50}")
+    step = load_drill(_write(tmp_path, "x", good)).timeline[0]
+    assert step.body() == {"kind": "latency", "ms": 400, "jitter_ms": 50}  # defaults not sent
+    with pytest.raises(ValidationError, match="jiter_ms"):
+        load_drill(_write(tmp_path, "x", good.replace("jitter_ms", "jiter_ms")))
+    with pytest.raises(ValidationError, match="ms"):
+        load_drill(_write(tmp_path, "x", good.replace("ms: 400, ", "")))  # latency needs ms
+    with pytest.raises(ValidationError, match="slow"):
+        load_drill(_write(tmp_path, "x", good.replace("kind: latency,", "kind: slow,")))
 
 
 # --------------------------------------------------------------------------- scoring

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.kit.settings import SERVICE_NAMES
+from services.topology import SERVICES as SERVICE_NAMES
 from tests.support import running_services, wait_until
 
 pytestmark = pytest.mark.integration

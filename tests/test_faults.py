@@ -10,10 +10,11 @@ import httpx
 import psutil
 import pytest
 
+from services.fault_spec import DEFAULT_ADMIN_TOKEN
 from tests.support import fast_settings, in_process, running_services, wait_until
 
 pytestmark = pytest.mark.anyio
-ADMIN = {"Authorization": "Bearer triagelab-admin"}
+ADMIN = {"Authorization": f"Bearer {DEFAULT_ADMIN_TOKEN}"}
 CARD_OK = "4242424242424242"
 
 

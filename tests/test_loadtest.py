@@ -292,7 +292,8 @@ def test_exporter_address_from_env() -> None:
 # ---------------------------------------------------------------------------------------------
 # integration: real services (uvicorn processes) and a real Locust process, all on 127.0.0.1
 
-SERVICES = ("auth", "payment", "notification", "order", "gateway")  # leaves first
+from services.topology import SERVICES  # noqa: E402  (start order: leaves first)
+
 ROUTES = {
     ("POST", "/api/login"),
     ("GET", "/api/products"),

@@ -18,11 +18,12 @@ import httpx
 import pytest
 from labctl.data_check import check_data, fetch_state, wait_and_fetch
 
+from services.fault_spec import DEFAULT_ADMIN_TOKEN
 from tests.support import running_services, wait_until
 
 pytestmark = pytest.mark.integration
 
-ADMIN = {"Authorization": "Bearer triagelab-admin"}
+ADMIN = {"Authorization": f"Bearer {DEFAULT_ADMIN_TOKEN}"}
 CARD_OK = "4242424242424242"
 CART = [{"product_id": "sku-grinder", "quantity": 1}]
 FAST = {

@@ -11,26 +11,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.fault_spec import DEFAULT_ADMIN_TOKEN
+from services.topology import DEFAULT_PORTS, SERVICES
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-SERVICES = ("auth", "payment", "notification", "order", "gateway")
-"""The five services in start order, the ones calling no one first."""
+COMPONENTS = tuple(DEFAULT_PORTS)
+"""The services in start order (services/topology.toml), then the lab's own components."""
 
-COMPONENTS = (*SERVICES, "receiver", "alertmanager", "prometheus", "locust")
+__all__ = ["DEFAULT_ADMIN_TOKEN", "SERVICES"]
 
-DEFAULT_PORTS: dict[str, int] = {
-    "gateway": 8000,
-    "auth": 8001,
-    "order": 8002,
-    "payment": 8003,
-    "notification": 8004,
-    "prometheus": 9090,
-    "alertmanager": 9093,
-    "receiver": 9095,
-    "locust": 8089,
-}
-
-DEFAULT_ADMIN_TOKEN = "triagelab-admin"
 RECEIVER_DEFAULT_PORT = DEFAULT_PORTS["receiver"]
 
 

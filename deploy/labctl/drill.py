@@ -27,6 +27,7 @@ from labctl.drill_report import write_journal, write_report
 from labctl.drill_runner import DrillRunner, RunResult, restart_services
 from labctl.native import NativeLab
 from labctl.scoring import MAX_GUESSES, Guess, is_right, normalise, score
+from services.fault_spec import FAULT_KINDS
 
 DRILLS_VAR = REPO_ROOT / "var" / "drills"
 CURRENT = DRILLS_VAR / "current.json"
@@ -253,9 +254,6 @@ def _attach_answer(journal: dict[str, Any], state: dict[str, Any], drill: Drill)
 
 def guess_problem(service: str, kind: str) -> str | None:
     """Why a guess is not an answer at all (a typo must not cost a guess), or None."""
-    # The kit's own list of fault kinds, imported here only: the kit is heavy for a CLI.
-    from services.kit.faults import FAULT_KINDS
-
     if normalise(service) not in {*SERVICES, NO_INCIDENT}:
         return f"unknown service {service!r}; one of: {', '.join(SERVICES)}, or none"
     if normalise(kind) not in {*FAULT_KINDS, NO_INCIDENT}:

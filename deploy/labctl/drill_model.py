@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from labctl.config import REPO_ROOT, SERVICES
+from services.fault_spec import FaultSpec, applies
 
 DRILLS_DIR = REPO_ROOT / "loadtest" / "drills"
 RULES_DIR = REPO_ROOT / "deploy" / "prometheus" / "rules"
@@ -22,19 +23,6 @@ SHAPES_DIR = REPO_ROOT / "loadtest" / "shapes"
 
 NO_INCIDENT = "none"
 """The answer key (service and kind) of a drill where nothing is injected."""
-
-# Fault kinds that only exist in some services (the others apply to every service).
-KIND_SERVICES: dict[str, frozenset[str]] = {
-    "worker_stall": frozenset({"notification"}),
-    "signing_key_mismatch": frozenset({"auth"}),
-    "db_pool_exhaustion": frozenset({"order", "payment", "notification"}),
-}
-
-
-def kind_applies(kind: str, service: str) -> bool:
-    """Static twin of the runtime check (GET /admin/faults lists each service's kinds)."""
-    allowed = KIND_SERVICES.get(kind)
-    return allowed is None or service in allowed
 
 
 class _Strict(BaseModel):
@@ -53,20 +41,17 @@ class FaultStep(_Strict):
     """One fault on one service, from ``at`` seconds after load start, for ``for`` seconds."""
 
     service: str
-    fault: dict[str, Any] = Field(description="the body the admin API takes under 'fault'")
+    fault: FaultSpec = Field(description="the body the admin API takes under 'fault'")
     at: float = Field(ge=0)
     for_: float = Field(gt=0, le=3600, alias="for")
 
-    @field_validator("fault")
-    @classmethod
-    def _has_kind(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(value.get("kind"), str):
-            raise ValueError("fault needs a 'kind'")
-        return value
-
     @property
     def kind(self) -> str:
-        return self.fault["kind"]
+        return self.fault.kind
+
+    def body(self) -> dict[str, Any]:
+        """The fault as the admin API takes it: only what the drill file says, plus the kind."""
+        return self.fault.model_dump(mode="json", exclude_unset=True)
 
     @property
     def end(self) -> float:
@@ -194,21 +179,20 @@ def shapes(shapes_dir: Path = SHAPES_DIR) -> set[str]:
 def problems(
     drill: Drill,
     alerts: dict[str, list[dict[str, Any]]],
-    fault_kinds: tuple[str, ...],
     known_shapes: set[str],
 ) -> list[str]:
-    """What in this drill does not exist in the repo (empty when the drill is sound)."""
+    """What in this drill does not exist in the repo (empty when the drill is sound).
+
+    Fault kinds and their parameters are checked by the schema already (services.fault_spec)."""
     out = []
     if drill.load.shape not in known_shapes:
         out.append(f"unknown load shape {drill.load.shape!r}")
     for step in drill.timeline:
         if step.service not in SERVICES:
             out.append(f"unknown service {step.service!r}")
-        if step.kind not in fault_kinds:
-            out.append(f"unknown fault kind {step.kind!r}")
-        elif not kind_applies(step.kind, step.service):
+        elif not applies(step.kind, step.service):
             out.append(f"fault kind {step.kind!r} does not apply to {step.service!r}")
-        ttl = step.fault.get("ttl_seconds")
+        ttl = step.body().get("ttl_seconds")
         if ttl is not None and ttl < step.for_:
             out.append(f"ttl_seconds {ttl} is shorter than the step ({step.for_:.0f}s)")
     names = (

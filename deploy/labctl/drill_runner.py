@@ -434,7 +434,7 @@ class DrillRunner:
             interrupted=interrupted,
             error=error,
             faults=[
-                {"service": s.service, "fault": s.fault, "at": t0 + s.at, "until": t0 + s.end}
+                {"service": s.service, "fault": s.body(), "at": t0 + s.at, "until": t0 + s.end}
                 for s in drill.timeline
             ],
             events=self.events,
@@ -518,7 +518,7 @@ class DrillRunner:
         return text
 
     def _set(self, i: int, step: FaultStep, active: dict, crashed: set[str]) -> None:
-        fault = dict(step.fault)
+        fault = step.body()
         # The TTL outlives the step a little: the runner clears it on time, the TTL is the
         # safety net if the runner itself dies.
         fault.setdefault("ttl_seconds", min(3600, step.for_ + 30))

@@ -38,6 +38,7 @@ from labctl.config import (
     PortInUseError,
     Ports,
 )
+from services import topology
 
 HOST = "127.0.0.1"
 
@@ -53,21 +54,12 @@ class Spec:
     ready_deps: tuple[str, ...] = ()  # these must be healthy first
 
 
-# Who calls whom (services/*/main.py): a service starts once its peers' ports are known.
-PEERS: dict[str, tuple[str, ...]] = {
-    "auth": (),
-    "payment": (),
-    "notification": (),
-    "order": ("payment", "notification"),
-    "gateway": ("auth", "order"),
-}
-
 SPECS: dict[str, Spec] = {
-    "auth": Spec("auth service: login, token checks", "/readyz"),
-    "payment": Spec("payment service: card charges", "/readyz"),
-    "notification": Spec("notification service: queued confirmations", "/readyz"),
-    "order": Spec("order service: orders in SQLite", "/readyz", port_deps=PEERS["order"]),
-    "gateway": Spec("shop API, the entry point (/api/...)", "/readyz", port_deps=PEERS["gateway"]),
+    # A service starts once the ports of those it calls are known (services/topology.toml).
+    **{
+        s.name: Spec(s.what, "/readyz", port_deps=s.calls)
+        for s in topology.SERVICES_BY_NAME.values()
+    },
     "receiver": Spec("alert receiver: every notification, as JSON", "/healthz", "/alerts"),
     "alertmanager": Spec(
         "Alertmanager: routing, grouping, silences", "/-/ready", "/", port_deps=("receiver",)

@@ -19,13 +19,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from services.fault_spec import DEFAULT_ADMIN_TOKEN, FAULT_KINDS, REQUEST_KINDS, FaultIn
 
 from .errors import ServiceError, error_response
 from .middleware import resolve_route
@@ -33,136 +34,7 @@ from .middleware import resolve_route
 if TYPE_CHECKING:
     from .app import Kit
 
-DEFAULT_ADMIN_TOKEN = "triagelab-admin"
-MAX_TTL = 3600
-
-
-class _Fault(BaseModel):
-    model_config = {"extra": "forbid"}
-    ttl_seconds: float = Field(300, gt=0, le=MAX_TTL, description="auto-expiry, at most 1 hour")
-
-
-class _RequestFault(_Fault):
-    probability: float = Field(1.0, ge=0, le=1)
-    route: str | None = Field(
-        None, max_length=200, description="regex matched against the request path"
-    )
-
-    @field_validator("route")
-    @classmethod
-    def _regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"route is not a valid regex: {exc}") from exc
-        return value
-
-
-class LatencyFault(_RequestFault):
-    """Adds ms (± jitter_ms) before the request is handled."""
-
-    kind: Literal["latency"]
-    ms: float = Field(gt=0, le=60_000)
-    jitter_ms: float = Field(0, ge=0, le=60_000)
-
-
-class ErrorFault(_RequestFault):
-    """Answers with `status` instead of handling the request."""
-
-    kind: Literal["error"]
-    status: int = Field(500, ge=500, le=599)
-
-
-class HangFault(_RequestFault):
-    """Holds the request for `seconds` (longer than any caller waits), then handles it."""
-
-    kind: Literal["hang"]
-    seconds: float = Field(30, gt=0, le=600)
-
-
-class CpuBurnFault(_Fault):
-    """A thread that keeps the CPU (and the GIL) busy `load` of the time."""
-
-    kind: Literal["cpu_burn"]
-    load: float = Field(0.8, gt=0, le=1)
-
-
-class MemoryGrowthFault(_Fault):
-    """Allocates `mb_per_second` until `max_mb`, like a leak."""
-
-    kind: Literal["memory_growth"]
-    mb_per_second: float = Field(5, gt=0, le=100)
-    max_mb: int = Field(300, gt=0, le=2048)
-
-
-class DbPoolExhaustionFault(_Fault):
-    """Checks out `connections` from the pool and holds them (default: all of them)."""
-
-    kind: Literal["db_pool_exhaustion"]
-    connections: int | None = Field(None, gt=0, le=400)
-
-
-class WorkerStallFault(_Fault):
-    """notification: the delivery worker stops picking up work."""
-
-    kind: Literal["worker_stall"]
-
-
-class CrashFault(_Fault):
-    """The process exits (no supervisor restarts it in the native lab)."""
-
-    kind: Literal["crash"]
-    exit_code: int = Field(70, ge=1, le=255)
-
-
-class BadReleaseFault(_RequestFault):
-    """A new version label, and one route starts failing."""
-
-    kind: Literal["bad_release"]
-    version: str = Field("1.1.0", min_length=1, max_length=40)
-    status: int = Field(500, ge=500, le=599)
-    probability: float = Field(0.3, ge=0, le=1)
-
-
-class SigningKeyMismatchFault(_Fault):
-    """auth: tokens are verified with a key other than the one that signed them (401 storm)."""
-
-    kind: Literal["signing_key_mismatch"]
-
-
-FaultSpec = Annotated[
-    LatencyFault
-    | ErrorFault
-    | HangFault
-    | CpuBurnFault
-    | MemoryGrowthFault
-    | DbPoolExhaustionFault
-    | WorkerStallFault
-    | CrashFault
-    | BadReleaseFault
-    | SigningKeyMismatchFault,
-    Field(discriminator="kind"),
-]
-FAULT_KINDS = (
-    "latency",
-    "error",
-    "hang",
-    "cpu_burn",
-    "memory_growth",
-    "db_pool_exhaustion",
-    "worker_stall",
-    "crash",
-    "bad_release",
-    "signing_key_mismatch",
-)
-REQUEST_KINDS = frozenset({"latency", "error", "hang", "bad_release"})
-
 Starter = Callable[["ActiveFault"], Awaitable[Callable[[], Awaitable[None]] | None]]
-
-
-class FaultIn(BaseModel):
-    fault: FaultSpec
 
 
 class ActiveFault:

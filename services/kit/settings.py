@@ -7,7 +7,8 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SERVICE_NAMES = ("gateway", "auth", "order", "payment", "notification")
+from services.fault_spec import DEFAULT_ADMIN_TOKEN
+from services.topology import SERVICES, SERVICES_BY_NAME
 
 
 class Settings(BaseSettings):
@@ -32,11 +33,11 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(5, ge=0, le=200)
     db_pool_timeout_seconds: float = Field(2.0, gt=0, le=60)
 
-    # Downstream services and per-hop timeouts
-    auth_url: str = "http://127.0.0.1:8001"
-    order_url: str = "http://127.0.0.1:8002"
-    payment_url: str = "http://127.0.0.1:8003"
-    notification_url: str = "http://127.0.0.1:8004"
+    # Downstream services (default ports: services/topology.toml) and per-hop timeouts
+    auth_url: str = SERVICES_BY_NAME["auth"].default_url
+    order_url: str = SERVICES_BY_NAME["order"].default_url
+    payment_url: str = SERVICES_BY_NAME["payment"].default_url
+    notification_url: str = SERVICES_BY_NAME["notification"].default_url
     auth_timeout_seconds: float = Field(1.0, gt=0, le=60)
     order_timeout_seconds: float = Field(6.0, gt=0, le=60)
     payment_timeout_seconds: float = Field(2.0, gt=0, le=60)
@@ -52,7 +53,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, ge=1024)
 
     # Admin API (fault injection)
-    admin_token: str = "triagelab-admin"
+    admin_token: str = DEFAULT_ADMIN_TOKEN
     fault_audit_file: str = ""
 
     # auth
@@ -98,7 +99,7 @@ class Settings(BaseSettings):
 
     def for_service(self, name: str) -> Settings:
         """The same settings with the service name filled in (a factory names its service)."""
-        if name not in SERVICE_NAMES:
+        if name not in SERVICES:
             raise ValueError(f"unknown service {name!r}")
         return self.model_copy(update={"service_name": name})
 

@@ -1,0 +1,152 @@
+"""What a fault is: the body the admin API takes under ``fault``, and the drill files' field type.
+
+Pydantic only (no FastAPI, no OpenTelemetry), so labctl validates a drill's faults with exactly
+the models the services enforce: ``jiter_ms`` in a drill file fails ``make test``, not a run.
+Each kind says whether it acts on requests and which services it applies to; the kit
+(services/kit/faults.py) implements the side effects.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, ClassVar, Literal, Union, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+DEFAULT_ADMIN_TOKEN = "triagelab-admin"
+"""The admin API's default bearer token; the services refuse it off loopback (ADMIN_TOKEN)."""
+MAX_TTL = 3600
+
+
+class _Fault(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request: ClassVar[bool] = False  # acts on each request (the fault middleware)
+    services: ClassVar[frozenset[str] | None] = None  # None: every service
+    ttl_seconds: float = Field(300, gt=0, le=MAX_TTL, description="auto-expiry, at most 1 hour")
+
+
+class _RequestFault(_Fault):
+    request: ClassVar[bool] = True
+    probability: float = Field(1.0, ge=0, le=1)
+    route: str | None = Field(
+        None, max_length=200, description="regex matched against the request path"
+    )
+
+    @field_validator("route")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"route is not a valid regex: {exc}") from exc
+        return value
+
+
+class LatencyFault(_RequestFault):
+    """Adds ms (± jitter_ms) before the request is handled."""
+
+    kind: Literal["latency"]
+    ms: float = Field(gt=0, le=60_000)
+    jitter_ms: float = Field(0, ge=0, le=60_000)
+
+
+class ErrorFault(_RequestFault):
+    """Answers with `status` instead of handling the request."""
+
+    kind: Literal["error"]
+    status: int = Field(500, ge=500, le=599)
+
+
+class HangFault(_RequestFault):
+    """Holds the request for `seconds` (longer than any caller waits), then handles it."""
+
+    kind: Literal["hang"]
+    seconds: float = Field(30, gt=0, le=600)
+
+
+class CpuBurnFault(_Fault):
+    """A thread that keeps the CPU (and the GIL) busy `load` of the time."""
+
+    kind: Literal["cpu_burn"]
+    load: float = Field(0.8, gt=0, le=1)
+
+
+class MemoryGrowthFault(_Fault):
+    """Allocates `mb_per_second` until `max_mb`, like a leak."""
+
+    kind: Literal["memory_growth"]
+    mb_per_second: float = Field(5, gt=0, le=100)
+    max_mb: int = Field(300, gt=0, le=2048)
+
+
+class DbPoolExhaustionFault(_Fault):
+    """Checks out `connections` from the pool and holds them (default: all of them)."""
+
+    services: ClassVar[frozenset[str] | None] = frozenset({"order", "payment", "notification"})
+    kind: Literal["db_pool_exhaustion"]
+    connections: int | None = Field(None, gt=0, le=400)
+
+
+class WorkerStallFault(_Fault):
+    """notification: the delivery worker stops picking up work."""
+
+    services: ClassVar[frozenset[str] | None] = frozenset({"notification"})
+    kind: Literal["worker_stall"]
+
+
+class CrashFault(_Fault):
+    """The process exits (no supervisor restarts it in the native lab)."""
+
+    kind: Literal["crash"]
+    exit_code: int = Field(70, ge=1, le=255)
+
+
+class BadReleaseFault(_RequestFault):
+    """A new version label, and one route starts failing."""
+
+    kind: Literal["bad_release"]
+    version: str = Field("1.1.0", min_length=1, max_length=40)
+    status: int = Field(500, ge=500, le=599)
+    probability: float = Field(0.3, ge=0, le=1)
+
+
+class SigningKeyMismatchFault(_Fault):
+    """auth: tokens are verified with a key other than the one that signed them (401 storm)."""
+
+    services: ClassVar[frozenset[str] | None] = frozenset({"auth"})
+    kind: Literal["signing_key_mismatch"]
+
+
+_MODELS = (
+    LatencyFault,
+    ErrorFault,
+    HangFault,
+    CpuBurnFault,
+    MemoryGrowthFault,
+    DbPoolExhaustionFault,
+    WorkerStallFault,
+    CrashFault,
+    BadReleaseFault,
+    SigningKeyMismatchFault,
+)
+FaultSpec = Annotated[Union[_MODELS], Field(discriminator="kind")]  # noqa: UP007
+"""Any one fault, told apart by ``kind``."""
+MODELS: dict[str, type[_Fault]] = {
+    get_args(m.model_fields["kind"].annotation)[0]: m for m in _MODELS
+}
+FAULT_KINDS: tuple[str, ...] = tuple(MODELS)
+REQUEST_KINDS = frozenset(k for k, m in MODELS.items() if m.request)
+FAULT_ADAPTER: TypeAdapter[FaultSpec] = TypeAdapter(FaultSpec)
+
+
+def applies(kind: str, service: str) -> bool:
+    """Does this fault kind exist in this service? (GET /admin/faults says so at run time.)"""
+    allowed = MODELS[kind].services
+    return allowed is None or service in allowed
+
+
+class FaultIn(BaseModel):
+    """The admin API's request body: ``{"fault": {"kind": ..., ...}}``."""
+
+    fault: FaultSpec
