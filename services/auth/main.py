@@ -5,17 +5,18 @@ from __future__ import annotations
 import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import anyio
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
-from fastapi import APIRouter, FastAPI, Header
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
-from services.kit import Kit, KitDep, ServiceError, Settings
+from services.kit import Kit, LogDep, ServiceError, Settings, SettingsDep
 
 ISSUER = "triagelab-auth"
 ALGORITHM = "HS256"
@@ -51,25 +52,59 @@ def seed_users() -> dict[str, str]:
     return {user: by_password[pw] for user, pw in DEMO_PASSWORDS.items()}
 
 
+@dataclass
+class AuthState:
+    """What auth's handlers share: one per app (`app.state.auth`), built by `create_app`."""
+
+    logins: Counter
+    verifications: Counter
+    # Verification has its own reference to the key, so a fault can make the two disagree
+    # (a botched key rotation: every token is rejected, a 401 storm).
+    verify_key: str
+    users: dict[str, str] = field(default_factory=dict)  # name -> hash, seeded at startup
+    # Unknown users are checked against a real hash too, so timing does not reveal who exists.
+    dummy_hash: str = ""
+
+
+async def get_state(request: Request) -> AuthState:
+    return request.app.state.auth
+
+
+AuthStateDep = Annotated[AuthState, Depends(get_state)]
+
+
+async def get_verify_key(state: AuthStateDep) -> str:
+    return state.verify_key
+
+
+VerifyKeyDep = Annotated[str, Depends(get_verify_key)]
+
+
+async def get_verifications(state: AuthStateDep) -> Counter:
+    return state.verifications
+
+
+VerificationsDep = Annotated[Counter, Depends(get_verifications)]
+
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
 @router.post("/login", response_model=TokenOut)
-async def login(body: LoginRequest, kit: KitDep) -> TokenOut:
-    users: dict[str, str] = kit.state["users"]
-    # Unknown users are checked against a real hash too, so timing does not reveal who exists.
-    stored = users.get(body.username, kit.state["dummy_hash"])
+async def login(
+    body: LoginRequest, state: AuthStateDep, settings: SettingsDep, log: LogDep
+) -> TokenOut:
+    stored = state.users.get(body.username, state.dummy_hash)
     try:
         await anyio.to_thread.run_sync(hasher.verify, stored, body.password)
-        ok = body.username in users
+        ok = body.username in state.users
     except VerificationError:
         ok = False
-    kit.state["logins"].labels("success" if ok else "failure").inc()
+    state.logins.labels("success" if ok else "failure").inc()
     if not ok:
-        kit.log.info("login_failed", username=body.username)
+        log.info("login_failed", username=body.username)
         raise ServiceError(401, "invalid_credentials", "unknown user or wrong password")
     now = int(time.time())
-    ttl = kit.settings.jwt_ttl_seconds
+    ttl = settings.jwt_ttl_seconds
     claims = {
         "sub": body.username,
         "iat": now,
@@ -77,16 +112,17 @@ async def login(body: LoginRequest, kit: KitDep) -> TokenOut:
         "iss": ISSUER,
         "jti": uuid.uuid4().hex,
     }
-    token = jwt.encode(claims, kit.settings.jwt_secret, algorithm=ALGORITHM)
-    kit.log.info("login_succeeded", username=body.username)
+    token = jwt.encode(claims, settings.jwt_secret, algorithm=ALGORITHM)
+    log.info("login_succeeded", username=body.username)
     return TokenOut(access_token=token, expires_in=ttl)
 
 
 @router.get("/verify", response_model=Identity)
 async def verify(
-    kit: KitDep, authorization: Annotated[str | None, Header(max_length=4096)] = None
+    key: VerifyKeyDep,
+    counter: VerificationsDep,
+    authorization: Annotated[str | None, Header(max_length=4096)] = None,
 ) -> Identity:
-    counter = kit.state["verifications"]
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         counter.labels("invalid").inc()
@@ -94,7 +130,7 @@ async def verify(
     try:
         claims = jwt.decode(
             token,
-            kit.state["verify_key"],
+            key,
             algorithms=[ALGORITHM],
             issuer=ISSUER,
             options={"require": ["exp", "sub", "iss"]},
@@ -112,25 +148,23 @@ async def verify(
 def create_app(settings: Settings | None = None) -> FastAPI:
     kit = Kit("auth", settings)
     registry = kit.metrics.registry
-    kit.state["logins"] = Counter(
-        "auth_logins", "Logins by outcome.", ["outcome"], registry=registry
-    )
-    kit.state["verifications"] = Counter(
-        "auth_token_verifications", "Token checks by outcome.", ["outcome"], registry=registry
+    state = AuthState(
+        logins=Counter("auth_logins", "Logins by outcome.", ["outcome"], registry=registry),
+        verifications=Counter(
+            "auth_token_verifications", "Token checks by outcome.", ["outcome"], registry=registry
+        ),
+        verify_key=kit.settings.jwt_secret,
     )
     for outcome in ("success", "failure"):
-        kit.state["logins"].labels(outcome)
+        state.logins.labels(outcome)
     for outcome in ("valid", "invalid", "expired"):
-        kit.state["verifications"].labels(outcome)
-    # Verification has its own reference to the key, so a fault can make the two disagree
-    # (a botched key rotation: every token is rejected, a 401 storm).
-    kit.state["verify_key"] = kit.settings.jwt_secret
+        state.verifications.labels(outcome)
 
     async def key_mismatch(_fault):
-        kit.state["verify_key"] = "rotated-" + uuid.uuid4().hex
+        state.verify_key = "rotated-" + uuid.uuid4().hex
 
         async def restore() -> None:
-            kit.state["verify_key"] = kit.settings.jwt_secret
+            state.verify_key = kit.settings.jwt_secret
 
         return restore
 
@@ -138,8 +172,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        kit.state["users"] = await anyio.to_thread.run_sync(seed_users)
-        kit.state["dummy_hash"] = kit.state["users"]["alice"]
+        state.users = await anyio.to_thread.run_sync(seed_users)
+        state.dummy_hash = state.users["alice"]
         yield
 
-    return kit.build_app(title="auth", routers=[router], lifespan=lifespan)
+    app = kit.build_app(title="auth", routers=[router], lifespan=lifespan)
+    app.state.auth = state
+    return app

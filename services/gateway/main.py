@@ -8,9 +8,13 @@ import httpx
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Response
 from pydantic import BaseModel, Field
 
-from services.kit import Kit, KitDep, ServiceError, Settings
+from services.kit import Kit, LogDep, ServiceError, Settings, peer_client
 from services.kit.checkout import Cart, IdempotencyKey
-from services.kit.http import passed_on_headers
+from services.kit.http import ServiceClient, passed_on_headers
+
+# The peers the gateway calls, each a dependency of its own (timeouts, retries, propagation).
+AuthDep = Annotated[ServiceClient, Depends(peer_client("auth"))]
+OrderDep = Annotated[ServiceClient, Depends(peer_client("order"))]
 
 
 class LoginRequest(BaseModel):
@@ -47,13 +51,11 @@ def passthrough(response: httpx.Response) -> ServiceError:
 
 
 async def current_user(
-    kit: KitDep, authorization: Annotated[str | None, Header(max_length=4096)] = None
+    auth: AuthDep, authorization: Annotated[str | None, Header(max_length=4096)] = None
 ) -> str:
     if not authorization:
         raise ServiceError(401, "missing_token", "a Bearer token is required")
-    response = await kit.client("auth").request(
-        "GET", "/auth/verify", headers={"Authorization": authorization}
-    )
+    response = await auth.request("GET", "/auth/verify", headers={"Authorization": authorization})
     if response.status_code != 200:
         raise passthrough(response)
     return response.json()["sub"]
@@ -64,30 +66,31 @@ router = APIRouter(prefix="/api", tags=["shop"])
 
 
 @router.post("/login")
-async def login(body: LoginRequest, kit: KitDep) -> dict:
-    response = await kit.client("auth").request("POST", "/auth/login", json=body.model_dump())
+async def login(body: LoginRequest, auth: AuthDep) -> dict:
+    response = await auth.request("POST", "/auth/login", json=body.model_dump())
     if response.status_code != 200:
         raise passthrough(response)
     return response.json()
 
 
 @router.get("/products")
-async def products(kit: KitDep) -> list[dict]:
-    return (await kit.client("order").request("GET", "/products")).json()
+async def products(orders: OrderDep) -> list[dict]:
+    return (await orders.request("GET", "/products")).json()
 
 
 @router.post("/checkout", status_code=201, response_model=CheckoutOut)
 async def checkout(
     body: CheckoutRequest,
     user: User,
-    kit: KitDep,
+    orders: OrderDep,
+    log: LogDep,
     response: Response,
     idempotency_key: Annotated[IdempotencyKey | None, Header()] = None,
 ) -> CheckoutOut:
     """One purchase. With an Idempotency-Key (per shopper), a re-send replays the first answer
     (`Idempotent-Replayed: true`) instead of buying again; a key reused for another cart is a 422.
     The confirmation is written by order in the transaction that marks the order paid."""
-    upstream = await kit.client("order").request(
+    upstream = await orders.request(
         "POST",
         "/orders",
         json={"user": user, "idempotency_key": idempotency_key, **body.model_dump()},
@@ -97,7 +100,7 @@ async def checkout(
     order = upstream.json()
     if replayed := upstream.headers.get("idempotent-replayed"):
         response.headers["Idempotent-Replayed"] = replayed
-    kit.log.info(
+    log.info(
         "checkout_completed",
         order_id=order["order_id"],
         user=user,
@@ -113,8 +116,10 @@ async def checkout(
 
 
 @router.get("/orders/{order_id}")
-async def get_order(order_id: Annotated[str, Path(max_length=40)], user: User, kit: KitDep) -> dict:
-    response = await kit.client("order").request("GET", f"/orders/{order_id}")
+async def get_order(
+    order_id: Annotated[str, Path(max_length=40)], user: User, orders: OrderDep
+) -> dict:
+    response = await orders.request("GET", f"/orders/{order_id}")
     if response.status_code != 200:
         raise passthrough(response)
     order = response.json()

@@ -8,9 +8,10 @@ import gc
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -37,6 +38,8 @@ class Kit:
     """Everything one service instance owns: settings, telemetry, clients, readiness checks.
 
     Built by the service's `create_app`, never at import time, so tests can build many apps.
+    Handlers do not take the kit: they take the narrow dependencies of `services.kit.deps`
+    (and their service's own, e.g. order's `LedgerDep`).
     """
 
     def __init__(self, name: str, settings: Settings | None = None) -> None:
@@ -53,11 +56,16 @@ class Kit:
         self.readiness: dict[str, ReadinessCheck] = {}
         self.workers: dict[str, Callable[[], Awaitable[None]]] = {}
         self.database: Database | None = None
-        # A service's own objects (its metrics, stores, workers), so handlers reach them per app.
-        self.state: dict[str, Any] = {}
         # Tests wire services together in-process by handing each peer an ASGI transport.
         self.transports: dict[str, Any] = {}
-        self.faults = FaultManager(self)
+        s = self.settings
+        self.faults = FaultManager(
+            name,
+            audit_path=Path(s.fault_audit_file or s.data_dir / "faults-audit.jsonl"),
+            pool_capacity=s.db_pool_size + s.db_max_overflow,
+            set_version=self.metrics.set_version,
+            version=s.service_version,
+        )
 
     def client(self, peer: str) -> ServiceClient:
         """The (single, pooled) client for a peer, with that hop's own timeout."""
@@ -103,6 +111,7 @@ class Kit:
     def open_database(self) -> Database:
         self.database = Database(self.settings, self.metrics.registry, self.tracer_provider)
         self.readiness["database"] = self.database.ping
+        self.faults.database = self.database  # db_pool_exhaustion applies from now on
         return self.database
 
     def require_peer(self, peer: str) -> None:
@@ -172,8 +181,8 @@ class Kit:
         # The service's routes first: routing tries routes in order, and they carry the traffic.
         for router in routers:
             app.include_router(router)
-        app.include_router(_ops_router())
-        app.include_router(admin_router())
+        app.include_router(_ops_router(self))
+        app.include_router(admin_router(self.faults, self.settings.admin_token))
         # The service's own routes (FastAPI wraps included routers, so ask the routers).
         api_routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
         self.metrics.initialise_routes(
@@ -199,15 +208,8 @@ class Kit:
         return app
 
 
-async def get_kit(request: Request) -> Kit:
-    """async: a plain def dependency would be run in the thread pool on every request."""
-    return request.app.state.kit
-
-
-KitDep = Annotated[Kit, Depends(get_kit)]
-
-
-def _ops_router() -> APIRouter:
+def _ops_router(kit: Kit) -> APIRouter:
+    """Health, readiness and metrics of one app (built per app, like the kit it reads)."""
     router = APIRouter(include_in_schema=False)
 
     @router.get("/healthz")
@@ -216,7 +218,7 @@ def _ops_router() -> APIRouter:
         return {"status": "ok"}
 
     @router.get("/readyz")
-    async def readyz(kit: KitDep) -> JSONResponse:
+    async def readyz() -> JSONResponse:
         """Ready: every dependency this service needs answers, checked concurrently."""
         names = list(kit.readiness)
         results = await asyncio.gather(
@@ -233,7 +235,7 @@ def _ops_router() -> APIRouter:
         return error_response(503, "not_ready", f"dependencies not ready: {failed}", checks)
 
     @router.get("/metrics")
-    async def metrics(kit: KitDep, request: Request) -> Response:
+    async def metrics(request: Request) -> Response:
         return kit.metrics.render(request)
 
     return router

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Request
@@ -28,11 +28,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.fault_spec import DEFAULT_ADMIN_TOKEN, FAULT_KINDS, REQUEST_KINDS, FaultIn
 
+from .db import Database
 from .errors import ServiceError, error_response
 from .middleware import resolve_route
-
-if TYPE_CHECKING:
-    from .app import Kit
 
 Starter = Callable[["ActiveFault"], Awaitable[Callable[[], Awaitable[None]] | None]]
 
@@ -57,10 +55,31 @@ class ActiveFault:
 
 
 class FaultManager:
-    """Active faults of one service instance, their side effects, and their expiry."""
+    """Active faults of one service instance, their side effects, and their expiry.
 
-    def __init__(self, kit: Kit) -> None:
-        self.kit = kit
+    Given only what the faults act on: the service's name (for errors and the audit trail), the
+    audit file, how many connections `db_pool_exhaustion` holds by default (the pool's size plus
+    its overflow), and how a bad release shows (`set_version`, back to `version` when it ends).
+    `database` is set once the service opens one (`Kit.open_database`); until then, and in a
+    service without a database, `db_pool_exhaustion` does not apply.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        audit_path: Path,
+        pool_capacity: int,
+        set_version: Callable[[str], None],
+        version: str,
+        database: Database | None = None,
+    ) -> None:
+        self.service = service
+        self.audit_path = audit_path
+        self.pool_capacity = pool_capacity
+        self.set_version = set_version
+        self.version = version
+        self.database = database
         self.active: dict[str, ActiveFault] = {}
         self.request_faults: tuple[ActiveFault, ...] = ()  # read on every request: kept tiny
         self.starters: dict[str, Starter] = {
@@ -70,12 +89,10 @@ class FaultManager:
             "bad_release": self._bad_release,
         }
         self._reaper: asyncio.Task | None = None
-        path = kit.settings.fault_audit_file or str(kit.settings.data_dir / "faults-audit.jsonl")
-        self.audit_path = Path(path)
 
     def supports(self, kind: str) -> bool:
         if kind == "db_pool_exhaustion":
-            return self.kit.database is not None
+            return self.database is not None
         return kind in REQUEST_KINDS or kind in self.starters
 
     def register(self, kind: str, starter: Starter) -> None:
@@ -87,7 +104,7 @@ class FaultManager:
             raise ServiceError(
                 422,
                 "fault_not_supported",
-                f"fault kind {spec.kind!r} does not apply to service {self.kit.name!r}",
+                f"fault kind {spec.kind!r} does not apply to service {self.service!r}",
             )
         fault = ActiveFault(spec)
         starter = self.starters.get(spec.kind)
@@ -135,7 +152,7 @@ class FaultManager:
             await asyncio.sleep(max(0.05, min(1.0, next_expiry - time.time())))
 
     def _audit(self, event: str, fault: ActiveFault) -> None:
-        record = {"ts": time.time(), "event": event, "service": self.kit.name, **fault.describe()}
+        record = {"ts": time.time(), "event": event, "service": self.service, **fault.describe()}
         self.audit_path.parent.mkdir(parents=True, exist_ok=True)
         with self.audit_path.open("ab") as f:
             f.write(orjson.dumps(record) + b"\n")
@@ -184,9 +201,8 @@ class FaultManager:
         return stopper
 
     async def _db_pool_exhaustion(self, fault: ActiveFault):
-        db = self.kit.database
-        settings = self.kit.settings
-        wanted = fault.spec.connections or settings.db_pool_size + settings.db_max_overflow
+        db = self.database
+        wanted = fault.spec.connections or self.pool_capacity
         held = []
         for _ in range(wanted):
             try:
@@ -206,11 +222,10 @@ class FaultManager:
         return None
 
     async def _bad_release(self, fault: ActiveFault):
-        metrics = self.kit.metrics
-        metrics.set_version(fault.spec.version)
+        self.set_version(fault.spec.version)
 
         async def stopper() -> None:
-            metrics.set_version(self.kit.settings.service_version)
+            self.set_version(self.version)
 
         return stopper
 
@@ -267,58 +282,59 @@ def _is_loopback(host: str | None) -> bool:
         return host == "localhost"
 
 
-async def require_admin(
-    request: Request, authorization: Annotated[str | None, Header(max_length=4096)] = None
-) -> None:
-    kit = request.app.state.kit
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise ServiceError(
-            401, "missing_token", "the admin API needs 'Authorization: Bearer <ADMIN_TOKEN>'"
-        )
-    if token != kit.settings.admin_token:
-        raise ServiceError(403, "forbidden", "wrong admin token")
-    server = request.scope.get("server") or (None, None)
-    if token == DEFAULT_ADMIN_TOKEN and not _is_loopback(server[0]):
-        raise ServiceError(
-            403,
-            "default_token_refused",
-            "the default admin token only works on loopback; set ADMIN_TOKEN",
-        )
+def admin_guard(admin_token: str) -> Callable[..., Awaitable[None]]:
+    """The admin API's dependency: a Bearer token equal to `admin_token` (the default one only
+    on loopback)."""
+
+    async def require_admin(
+        request: Request, authorization: Annotated[str | None, Header(max_length=4096)] = None
+    ) -> None:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ServiceError(
+                401, "missing_token", "the admin API needs 'Authorization: Bearer <ADMIN_TOKEN>'"
+            )
+        if token != admin_token:
+            raise ServiceError(403, "forbidden", "wrong admin token")
+        server = request.scope.get("server") or (None, None)
+        if token == DEFAULT_ADMIN_TOKEN and not _is_loopback(server[0]):
+            raise ServiceError(
+                403,
+                "default_token_refused",
+                "the default admin token only works on loopback; set ADMIN_TOKEN",
+            )
+
+    return require_admin
 
 
-async def _manager(request: Request) -> FaultManager:
-    return request.app.state.kit.faults
-
-
-Manager = Annotated[FaultManager, Depends(_manager)]
-
-
-def admin_router() -> APIRouter:
+def admin_router(faults: FaultManager, admin_token: str) -> APIRouter:
+    """The admin API of one app (built per app, like the manager it drives)."""
     router = APIRouter(
-        prefix="/admin/faults", include_in_schema=False, dependencies=[Depends(require_admin)]
+        prefix="/admin/faults",
+        include_in_schema=False,
+        dependencies=[Depends(admin_guard(admin_token))],
     )
 
     @router.get("")
-    async def list_faults(faults: Manager) -> dict:
+    async def list_faults() -> dict:
         return {
-            "service": faults.kit.name,
+            "service": faults.service,
             "faults": [f.describe() for f in faults.active.values()],
             "kinds": [k for k in FAULT_KINDS if faults.supports(k)],
         }
 
     @router.post("", status_code=201)
-    async def set_fault(body: FaultIn, faults: Manager) -> dict:
+    async def set_fault(body: FaultIn) -> dict:
         return (await faults.add(body.fault)).describe()
 
     @router.delete("/{fault_id}")
-    async def clear_fault(fault_id: str, faults: Manager) -> dict:
+    async def clear_fault(fault_id: str) -> dict:
         if not await faults.remove(fault_id):
             raise ServiceError(404, "fault_not_found", f"no active fault {fault_id}")
         return {"cleared": 1}
 
     @router.delete("")
-    async def clear_all(faults: Manager) -> JSONResponse:
+    async def clear_all() -> JSONResponse:
         return JSONResponse({"cleared": await faults.clear()})
 
     return router

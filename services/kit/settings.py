@@ -14,7 +14,9 @@ from services.topology import SERVICES, SERVICES_BY_NAME
 class Settings(BaseSettings):
     """Every variable is documented in docs/configuration.md; keep the two in step."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+    # extra="forbid": a misspelt setting passed in code (tests, benchmarks) is an error, not
+    # silently dropped; unrelated environment variables are still ignored.
+    model_config = SettingsConfigDict(env_file=None, extra="forbid", case_sensitive=False)
 
     service_name: str = ""  # set by each service's factory, not by the environment
     service_version: str = "1.0.0"

@@ -8,9 +8,10 @@ import random
 import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, FastAPI, Path, Query
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
 from opentelemetry import propagate, trace
 from prometheus_client import Counter, Histogram
@@ -19,7 +20,7 @@ from sqlalchemy import Float, Integer, String, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.kit import Kit, KitDep, ServiceError, Settings, queue
+from services.kit import DatabaseDep, Kit, LogDep, ServiceError, Settings, queue
 from services.kit.metrics import LATENCY_BUCKETS
 
 LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -166,12 +167,28 @@ class Outbox:
             )
 
 
+@dataclass
+class NotificationState:
+    """What notification's handlers share: one per app (`app.state.notification`), built by
+    `create_app`."""
+
+    outbox: Outbox
+
+
+async def get_outbox(request: Request) -> Outbox:
+    state: NotificationState = request.app.state.notification
+    return state.outbox
+
+
+OutboxDep = Annotated[Outbox, Depends(get_outbox)]
+
 router = APIRouter(prefix="/notifications", tags=["notifications"])
 
 
 @router.post("", status_code=202, response_model=NotificationOut)
-async def enqueue(body: NewNotification, kit: KitDep) -> JSONResponse:
-    outbox: Outbox = kit.state["outbox"]
+async def enqueue(
+    body: NewNotification, outbox: OutboxDep, db: DatabaseDep, log: LogDep
+) -> JSONResponse:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     now = time.time()
@@ -186,7 +203,7 @@ async def enqueue(body: NewNotification, kit: KitDep) -> JSONResponse:
         created_at=now,
         traceparent=carrier.get("traceparent"),
     )
-    async with kit.database.session() as s:
+    async with db.session() as s:
         s.add(row)
         try:
             await s.commit()
@@ -200,15 +217,15 @@ async def enqueue(body: NewNotification, kit: KitDep) -> JSONResponse:
     outbox.backlog.add(row.id, now)
     outbox.outcomes.labels("accepted").inc()
     outbox.wake.set()
-    kit.log.info("notification_accepted", notification_id=row.id, order_id=row.order_id)
+    log.info("notification_accepted", notification_id=row.id, order_id=row.order_id)
     return JSONResponse(_out(row).model_dump(), status_code=202)
 
 
 @router.get("/{notification_id}", response_model=NotificationOut)
 async def get_notification(
-    notification_id: Annotated[str, Path(max_length=40)], kit: KitDep
+    notification_id: Annotated[str, Path(max_length=40)], db: DatabaseDep
 ) -> NotificationOut:
-    async with kit.database.session() as s:
+    async with db.session() as s:
         row = await s.get(Notification, notification_id)
     if row is None:
         raise ServiceError(404, "notification_not_found", f"no notification {notification_id}")
@@ -217,7 +234,7 @@ async def get_notification(
 
 @router.get("", response_model=list[NotificationOut])
 async def list_notifications(
-    kit: KitDep,
+    db: DatabaseDep,
     order_id: Annotated[str | None, Query(max_length=40)] = None,
     status: Annotated[Literal["queued", "delivered", "dead_lettered"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
@@ -227,13 +244,13 @@ async def list_notifications(
         query = query.where(Notification.order_id == order_id)
     if status:
         query = query.where(Notification.status == status)
-    async with kit.database.session() as s:
+    async with db.session() as s:
         return [_out(n) for n in await s.scalars(query)]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     kit = Kit("notification", settings)
-    outbox = kit.state["outbox"] = Outbox(kit)
+    outbox = Outbox(kit)
 
     async def stall(fault):
         outbox.stalled_until = fault.expires_at
@@ -254,4 +271,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     kit.add_worker("delivery", outbox.run)
 
-    return kit.build_app(title="notification", routers=[router], lifespan=lifespan)
+    app = kit.build_app(title="notification", routers=[router], lifespan=lifespan)
+    app.state.notification = NotificationState(outbox=outbox)
+    return app

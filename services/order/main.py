@@ -11,17 +11,20 @@ import json
 import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, FastAPI, Path, Query
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
+from structlog.typing import FilteringBoundLogger
 
-from services.kit import Kit, KitDep, ServiceError, Settings
+from services.kit import DatabaseDep, Kit, LogDep, ServiceError, Settings, SettingsDep
 from services.kit.checkout import Cart, IdempotencyKey
+from services.kit.db import Database
 
 from .ledger import Ledger
 from .models import NONTERMINAL, OUTBOX_STATUSES, PRODUCTS, STATUSES, Base, Order, OrderItem
@@ -106,6 +109,20 @@ def fingerprint(body: NewOrder) -> str:
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
+@dataclass
+class OrderState:
+    """What order's handlers share: one per app (`app.state.order`), built by `create_app`."""
+
+    ledger: Ledger
+
+
+async def get_ledger(request: Request) -> Ledger:
+    state: OrderState = request.app.state.order
+    return state.ledger
+
+
+LedgerDep = Annotated[Ledger, Depends(get_ledger)]
+
 router = APIRouter(tags=["orders"])
 
 
@@ -115,14 +132,16 @@ async def products() -> list[Product]:
 
 
 @router.post("/orders", status_code=201, response_model=OrderOut)
-async def create_order(body: NewOrder, kit: KitDep) -> OrderOut | JSONResponse:
+async def create_order(
+    body: NewOrder, ledger: LedgerDep, db: DatabaseDep, settings: SettingsDep, log: LogDep
+) -> OrderOut | JSONResponse:
     unknown = [i.product_id for i in body.items if i.product_id not in PRODUCTS]
     if unknown:
         raise ServiceError(422, "unknown_product", f"unknown product: {', '.join(unknown)}")
-    ledger: Ledger = kit.state["ledger"]
     digest = fingerprint(body)
-    if body.idempotency_key and (existing := await _by_key(kit, body)) is not None:
-        return await _replay(kit, existing, body, digest)
+    budget = settings.request_budget_seconds
+    if body.idempotency_key and (existing := await _by_key(db, body)) is not None:
+        return await _replay(ledger, log, budget, existing, body, digest)
     now = time.time()
     order = Order(
         id="ord_" + uuid.uuid4().hex[:20],
@@ -143,26 +162,26 @@ async def create_order(body: NewOrder, kit: KitDep) -> OrderOut | JSONResponse:
         )
         for i in body.items
     ]
-    async with kit.database.session() as s:
+    async with db.session() as s:
         s.add(order)
         try:
             await s.commit()
         except IntegrityError:
             # The same key arrived twice at once: the first one owns the order.
             await s.rollback()
-            existing = await _by_key(kit, body)
+            existing = await _by_key(db, body)
             if existing is None:
                 raise
-            return await _replay(kit, existing, body, digest)
+            return await _replay(ledger, log, budget, existing, body, digest)
     ledger.orders.labels("pending", "card").inc()
-    kit.log.info("order_created", order_id=order.id, total_cents=order.total_cents)
+    log.info("order_created", order_id=order.id, total_cents=order.total_cents)
     # The connection is not held while the payment runs: a slow processor must not drain the pool.
     await ledger.charge(order, body.card_number)
     return _out(order)
 
 
-async def _by_key(kit: Kit, body: NewOrder) -> Order | None:
-    async with kit.database.session() as s:
+async def _by_key(db: Database, body: NewOrder) -> Order | None:
+    async with db.session() as s:
         return await s.scalar(
             select(Order)
             .where(Order.user == body.user, Order.idempotency_key == body.idempotency_key)
@@ -170,9 +189,15 @@ async def _by_key(kit: Kit, body: NewOrder) -> Order | None:
         )
 
 
-async def _replay(kit: Kit, order: Order, body: NewOrder, digest: str) -> JSONResponse:
+async def _replay(
+    ledger: Ledger,
+    log: FilteringBoundLogger,
+    budget_seconds: float,
+    order: Order,
+    body: NewOrder,
+    digest: str,
+) -> JSONResponse:
     """A re-sent checkout: the first one's answer, never a second purchase."""
-    ledger: Ledger = kit.state["ledger"]
     if order.request_hash != digest:
         raise ServiceError(
             422,
@@ -181,7 +206,7 @@ async def _replay(kit: Kit, order: Order, body: NewOrder, digest: str) -> JSONRe
             details={"order_id": order.id},
         )
     age = time.time() - order.created_at
-    if order.status == "pending" and age < kit.settings.request_budget_seconds:
+    if order.status == "pending" and age < budget_seconds:
         raise ServiceError(
             409,
             "checkout_in_progress",
@@ -192,7 +217,7 @@ async def _replay(kit: Kit, order: Order, body: NewOrder, digest: str) -> JSONRe
     if order.status in NONTERMINAL:
         # The shopper asks again: re-send the charge under the same key (payment answers with
         # the charge already made, or makes it once).
-        kit.log.info("order_charge_retried", order_id=order.id)
+        log.info("order_charge_retried", order_id=order.id)
         await ledger.charge(order, body.card_number)
     if order.status != "paid":
         raise ledger.answer_error(order, headers=REPLAYED)
@@ -200,8 +225,8 @@ async def _replay(kit: Kit, order: Order, body: NewOrder, digest: str) -> JSONRe
 
 
 @router.get("/orders/{order_id}", response_model=OrderOut)
-async def get_order(order_id: Annotated[str, Path(max_length=40)], kit: KitDep) -> OrderOut:
-    async with kit.database.session() as s:
+async def get_order(order_id: Annotated[str, Path(max_length=40)], db: DatabaseDep) -> OrderOut:
+    async with db.session() as s:
         order = await s.scalar(
             select(Order).where(Order.id == order_id).options(selectinload(Order.items))
         )
@@ -212,26 +237,26 @@ async def get_order(order_id: Annotated[str, Path(max_length=40)], kit: KitDep) 
 
 @router.get("/orders", response_model=list[OrderOut])
 async def list_orders(
-    kit: KitDep,
+    db: DatabaseDep,
     status: Annotated[Literal[STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
     created_after: Annotated[float | None, Query(ge=0)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[OrderOut]:
-    async with kit.database.session() as s:
+    async with db.session() as s:
         rows = await s.scalars(_newest(Order, status, created_after, limit))
         return [_out(o, with_items=False) for o in rows]
 
 
 @router.get("/outbox", response_model=list[OutboxOut])
 async def list_outbox(
-    kit: KitDep,
+    db: DatabaseDep,
     status: Annotated[Literal[OUTBOX_STATUSES] | None, Query()] = None,  # type: ignore[valid-type]
     created_after: Annotated[float | None, Query(ge=0)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[OutboxOut]:
     """The confirmations order has written (for the post-drill data check and for triage)."""
     query = _newest(OutboxRow, status, created_after, limit)
-    async with kit.database.session() as s:
+    async with db.session() as s:
         return [
             OutboxOut(
                 order_id=m.order_id,
@@ -258,7 +283,7 @@ def _newest(model: type, status: str | None, created_after: float | None, limit:
 def create_app(settings: Settings | None = None) -> FastAPI:
     kit = Kit("order", settings)
     relay = Relay(kit)
-    ledger = kit.state["ledger"] = Ledger(kit, relay)
+    ledger = Ledger(kit, relay)
     kit.require_peer("payment")
 
     @asynccontextmanager
@@ -270,4 +295,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     kit.add_worker("reconciler", ledger.run)
     kit.add_worker("outbox-relay", relay.run)
 
-    return kit.build_app(title="order", routers=[router], lifespan=lifespan)
+    app = kit.build_app(title="order", routers=[router], lifespan=lifespan)
+    app.state.order = OrderState(ledger=ledger)
+    return app

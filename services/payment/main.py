@@ -14,9 +14,10 @@ import random
 import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, FastAPI, Header, Query
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
@@ -25,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.kit import Kit, KitDep, ServiceError, Settings
+from services.kit import DatabaseDep, Kit, LogDep, ServiceError, Settings, SettingsDep
 from services.kit.checkout import CardNumber, Currency
 
 # Documented in docs/services.md: these cards are declined with a 402, like a real processor.
@@ -103,22 +104,38 @@ def _result(charge: Charge, replayed: bool) -> JSONResponse:
     return JSONResponse(_out(charge).model_dump(), status_code=201, headers=headers)
 
 
+@dataclass
+class PaymentState:
+    """What payment's handlers share: one per app (`app.state.payment`), built by `create_app`."""
+
+    payments: Counter  # charges by outcome
+
+
+async def get_payments(request: Request) -> Counter:
+    state: PaymentState = request.app.state.payment
+    return state.payments
+
+
+PaymentsDep = Annotated[Counter, Depends(get_payments)]
+
 router = APIRouter(prefix="/payments", tags=["payments"])
 
 
 @router.post("/charge", status_code=201, response_model=ChargeOut)
 async def charge(
     body: ChargeRequest,
-    kit: KitDep,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    payments: PaymentsDep,
+    log: LogDep,
     idempotency_key: Annotated[str, Header(min_length=1, max_length=100)],
 ) -> JSONResponse:
-    db = kit.database
     async with db.session() as s:
         existing = await _by_key(s, idempotency_key)
     if existing is not None:
         return _replay(existing, body)
 
-    await asyncio.sleep(_processor_latency(kit.settings))
+    await asyncio.sleep(_processor_latency(settings))
     decline = DECLINED_CARDS.get(body.card_number)
     row = Charge(
         id="pay_" + uuid.uuid4().hex[:20],
@@ -139,8 +156,8 @@ async def charge(
             # A concurrent call with the same key (or a void) won the race: answer with its result.
             await s.rollback()
             return _replay(await _by_key(s, idempotency_key), body)
-    kit.state["payments"].labels(row.outcome).inc()
-    kit.log.info(
+    payments.labels(row.outcome).inc()
+    log.info(
         "payment_processed",
         order_id=row.order_id,
         payment_id=row.id,
@@ -175,9 +192,10 @@ def _replay(existing: Charge, body: ChargeRequest) -> JSONResponse:
 
 
 @router.post("/resolve", response_model=ChargeOut)
-async def resolve(body: ResolveRequest, kit: KitDep) -> ChargeOut:
+async def resolve(
+    body: ResolveRequest, db: DatabaseDep, payments: PaymentsDep, log: LogDep
+) -> ChargeOut:
     """The final outcome under a key: the charge made under it, or a void that forbids one."""
-    db = kit.database
     async with db.session() as s:
         existing = await _by_key(s, body.idempotency_key)
         if existing is not None:
@@ -200,14 +218,14 @@ async def resolve(body: ResolveRequest, kit: KitDep) -> ChargeOut:
             # The charge itself committed a moment ago: that is the outcome.
             await s.rollback()
             return _out(await _by_key(s, body.idempotency_key))
-    kit.state["payments"].labels("voided").inc()
-    kit.log.warning("payment_voided", order_id=row.order_id, payment_id=row.id)
+    payments.labels("voided").inc()
+    log.warning("payment_voided", order_id=row.order_id, payment_id=row.id)
     return _out(row)
 
 
 @router.get("", response_model=list[ChargeOut])
 async def list_charges(
-    kit: KitDep,
+    db: DatabaseDep,
     order_id: Annotated[str | None, Query(max_length=40)] = None,
     outcome: Annotated[Literal["approved", "declined", "voided"] | None, Query()] = None,
     created_after: Annotated[float | None, Query(ge=0)] = None,
@@ -223,7 +241,7 @@ async def list_charges(
         query = query.where(Charge.order_id == order_id)
     if outcome:
         query = query.where(Charge.outcome == outcome)
-    async with kit.database.session() as s:
+    async with db.session() as s:
         return [_out(c) for c in await s.scalars(query)]
 
 
@@ -237,15 +255,19 @@ def _processor_latency(settings: Settings) -> float:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     kit = Kit("payment", settings)
-    kit.state["payments"] = Counter(
-        "payments", "Charges by outcome.", ["outcome"], registry=kit.metrics.registry
+    state = PaymentState(
+        payments=Counter(
+            "payments", "Charges by outcome.", ["outcome"], registry=kit.metrics.registry
+        )
     )
     for outcome in ("approved", "declined", "voided", "error"):
-        kit.state["payments"].labels(outcome)
+        state.payments.labels(outcome)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await kit.open_database().create_all(Base.metadata)
         yield
 
-    return kit.build_app(title="payment", routers=[router], lifespan=lifespan)
+    app = kit.build_app(title="payment", routers=[router], lifespan=lifespan)
+    app.state.payment = state
+    return app
