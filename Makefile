@@ -49,20 +49,20 @@ test-pythons: bootstrap ## The tests that start no lab on each of PYTHONS (from 
 
 .PHONY: fmt
 fmt: bootstrap ## Format the code (ruff)
-	$(RUN) ruff format services loadtest deploy tests
-	$(RUN) ruff check --fix services loadtest deploy tests
+	$(RUN) ruff format services loadtest labctl tests
+	$(RUN) ruff check --fix services loadtest labctl tests
 
 .PHONY: lint
 lint: bootstrap ## Lint and check formatting (ruff)
-	$(RUN) ruff check services loadtest deploy tests
-	$(RUN) ruff format --check services loadtest deploy tests
+	$(RUN) ruff check services loadtest labctl tests
+	$(RUN) ruff format --check services loadtest labctl tests
 
 .PHONY: bench-overhead
 bench-overhead: bootstrap ## Instrumentation overhead: bare vs fully instrumented app, one core each
 	$(RUN) python -m tests.bench.overhead
 
 # --- the lab ----------------------------------------------------------------------------
-LAB := $(RUN) python -m labctl
+LAB := $(RUN) labctl
 
 # The mode is decided first, by a shell script: compose mode needs Docker and make, not Python.
 LABSH := deploy/lab.sh
@@ -115,18 +115,18 @@ load-ui: bootstrap ## Locust web UI on :8091 (make up already runs one on :8089)
 
 .PHONY: rules
 rules: bootstrap ## Regenerate the SLO recording and alerting rules from deploy/prometheus/slos.yaml
-	$(RUN) python -m labctl.slo
+	$(LAB) slo render
 
 .PHONY: rules-check
 rules-check: bootstrap system-deps ## Lint and unit-test the Prometheus rules and Alertmanager config
-	$(RUN) python -m labctl.slo --check
-	promtool check rules --lint=all --lint-fatal deploy/prometheus/rules/*.yml
+	$(LAB) slo check
+	promtool check rules --lint=all --lint-fatal deploy/prometheus/rules/*.yml deploy/prometheus/slo-profiles/slo-lab.yml
 	promtool test rules deploy/prometheus/tests/*.test.yml
 	amtool check-config deploy/alertmanager/alertmanager.yml
 
 .PHONY: slo-tests
 slo-tests: bootstrap system-deps ## Re-measure time-to-page with promtool and rewrite the SLO rule tests (~7 min)
-	$(RUN) python -m labctl.slo --write-tests
+	$(LAB) slo write-tests
 
 # --- benchmarks ---------------------------------------------------------------------------
 .PHONY: bench
@@ -138,7 +138,7 @@ bench-quick: bootstrap system-deps ## The benchmarks in smoke mode (under 3 minu
 	$(RUN) python -m tests.bench.run_all --quick
 
 # --- drills -------------------------------------------------------------------------------
-DRILLCTL := $(RUN) python -m labctl.drill
+DRILLCTL := $(LAB) drill
 DRILL ?=
 SEED ?=
 SERVICE ?=

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The lab's front door before any Python exists: pick the mode, and run the compose stack with
 # nothing but Docker. `make up|down|status|clean|logs` call this first; the native lab is then
-# run by `python -m labctl` (which needs uv and the Python environment), compose never is.
+# run by `labctl` (which needs uv and the Python environment), compose never is.
 #
 #   deploy/lab.sh mode                 -> prints "native" or "compose" (MODE=auto|native|compose)
 #   deploy/lab.sh compose up|down|status|clean|logs

@@ -1,4 +1,4 @@
-"""``python -m labctl``: the command line behind ``make up/down/status/clean/logs``."""
+"""``python -m labctl`` = ``labctl``: the lab's one command line (labctl.cli)."""
 
 from labctl.cli import main
 

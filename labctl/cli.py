@@ -1,4 +1,11 @@
-"""Argument parsing and user-facing output; all the work is in ``native`` and ``compose``."""
+"""``labctl``: the one command line of the lab (``make up`` and friends call it).
+
+    labctl up|down|status|clean|logs      the lab (native processes, or compose where Docker runs)
+    labctl drill list|run|blind|hint|answer|verify|rollback   chaos drills (docs/drills.md)
+    labctl slo render|check|write-tests   SLO rules from deploy/prometheus/slos.yaml (docs/slo.md)
+
+Argument parsing and output only: the work is in ``native``, ``compose``, ``drills`` and ``slo``.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,13 @@ import threading
 import time
 from pathlib import Path
 
-from labctl import compose
-from labctl.binaries import ensure_binaries
+from labctl import compose, tables
 from labctl.config import COMPONENTS, REPO_ROOT, SERVICES, LabError, PortInUseError, Ports
-from labctl.native import NativeLab, format_table, total_rss
+from labctl.drills import commands as drill_commands
+from labctl.native.binaries import ensure_binaries
+from labctl.native.components import ComponentStatus, total_rss
+from labctl.native.lab import NativeLab
+from labctl.slo import commands as slo_commands
 
 MODES = ("auto", "native", "compose")
 
@@ -46,6 +56,17 @@ def _pick_mode(requested: str, lab: NativeLab | None = None) -> str:
 
 def _lab(args: argparse.Namespace, ports: Ports | None = None, **kw: object) -> NativeLab:
     return NativeLab(_runtime_dir(), ports, out=_say, **kw)  # type: ignore[arg-type]
+
+
+def format_table(rows: list[ComponentStatus]) -> str:
+    """The URL table ``up`` and ``status`` print."""
+
+    def cells(row: ComponentStatus) -> tuple[str, ...]:
+        rss = f"{row.rss_bytes / 2**20:.0f} MB" if row.rss_bytes else ""
+        state = row.state + (f" ({row.note})" if row.note else "")
+        return (row.name, state, str(row.pid or ""), row.url or "", rss, row.what)
+
+    return tables.aligned(("component", "state", "pid", "url", "rss", "what"), map(cells, rows))
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -178,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-n", "--lines", type=int, default=20)
     logs.add_argument("-f", "--follow", action="store_true")
     logs.set_defaults(func=cmd_logs)
+    drill_commands.add_commands(sub)
+    slo_commands.add_commands(sub)
     return parser
 
 

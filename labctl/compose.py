@@ -2,7 +2,7 @@
 
 The stack itself is docker-compose.yml; the commands are in deploy/lab.sh, which `make` runs
 directly so that compose mode needs Docker and make, not Python. This module only calls it, so
-that `python -m labctl up --mode compose` does exactly what `make up` does.
+that `labctl up --mode compose` does exactly what `make up` does.
 """
 
 from __future__ import annotations

@@ -11,17 +11,37 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from services.fault_spec import DEFAULT_ADMIN_TOKEN
 from services.topology import DEFAULT_PORTS, SERVICES
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 COMPONENTS = tuple(DEFAULT_PORTS)
 """The services in start order (services/topology.toml), then the lab's own components."""
 
 __all__ = ["DEFAULT_ADMIN_TOKEN", "SERVICES"]
 
+HTTP_TIMEOUT = 5.0
+"""Seconds for one call to a lab API (Prometheus, a service's admin API, the receiver)."""
+
 RECEIVER_DEFAULT_PORT = DEFAULT_PORTS["receiver"]
+
+
+PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
+
+
+def loaded_rule_files(config: Path = PROMETHEUS_DIR / "prometheus.yml") -> list[Path]:
+    """The rule files Prometheus loads: its ``rule_files`` globs, resolved as Prometheus does
+    (against the folder of the config file), so every reader agrees with Prometheus itself."""
+    doc = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    found: list[Path] = []
+    for pattern in doc.get("rule_files") or ():
+        found += sorted(
+            p.resolve() for p in config.parent.glob(pattern) if p.resolve() not in found
+        )
+    return found
 
 
 class LabError(Exception):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from labctl.config import Ports
-from labctl.native import NativeLab
+from labctl.native.lab import NativeLab
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 import psutil
-from labctl.procs import listening_ports
 
+from labctl.native.procs import listening_ports
 from services.kit import Settings
 from services.topology import CALLED as PEERS
 from services.topology import SERVICES as SERVICE_NAMES

@@ -16,16 +16,17 @@ from typing import Any
 import pytest
 import yaml
 
+from labctl.config import loaded_rule_files
 from tests.support import require_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
-RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
+RULES = loaded_rule_files()
 _MATCHER = re.compile(r'^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"(.*)"\s*$')
 
 
 def alert_rules() -> list[dict[str, Any]]:
-    """Alerting rules Prometheus loads (rules/*.yml)."""
+    """Alerting rules Prometheus loads (the rule_files of prometheus.yml)."""
     return [
         rule
         for path in RULES

@@ -192,9 +192,11 @@ def test_dockerignore_keeps_secrets_and_bulk_out_but_the_project_in():
     ignored = (ROOT / ".dockerignore").read_text().split()
     for path in (".git", ".venv", ".env", "var"):
         assert path in ignored
-    for needed in ("pyproject.toml", "uv.lock", "README.md", "services", "loadtest"):
-        assert needed not in ignored
-    assert "!deploy/labctl" in ignored  # packaged by pyproject (tool.hatch...packages)
+    packaged = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]
+    packages = packaged["targets"]["wheel"]["packages"]
+    assert set(packages) == {"services", "loadtest", "labctl"}
+    for needed in ("pyproject.toml", "uv.lock", "README.md", *packages):
+        assert needed not in ignored  # the image's `uv sync` builds the wheel from them
 
 
 def test_services_run_the_documented_command_on_their_port(services):
@@ -254,6 +256,7 @@ def test_prometheus_and_alertmanager_use_the_native_labs_config_files(services):
     prom = _mounts(services["prometheus"])
     assert prom["/etc/prometheus/prometheus.yml"] == "deploy/prometheus/prometheus.yml"
     assert prom["/etc/prometheus/rules"] == "deploy/prometheus/rules"
+    assert prom["/etc/prometheus/slo-profiles"] == "deploy/prometheus/slo-profiles"
     assert prom["/etc/prometheus/targets"] == "deploy/prometheus/targets-compose"
     assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
     am = _mounts(services["alertmanager"])

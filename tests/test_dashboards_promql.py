@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from labctl.native import NativeLab
 
+from labctl.native.lab import NativeLab
 from services.topology import SERVICES
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from labctl import drill as drill_cli
+from pydantic import ValidationError
+
+from labctl import cli
 from labctl.config import SERVICES, Ports
-from labctl.data_check import check_data, parse_ts
-from labctl.drill_model import (
+from labctl.drills import blind
+from labctl.drills import verify as drill_verify
+from labctl.drills.data_check import check_data, parse_ts
+from labctl.drills.journal import DataCheck
+from labctl.drills.model import (
     NO_INCIDENT,
     Drill,
     load_drill,
@@ -28,18 +33,11 @@ from labctl.drill_model import (
     rule_alerts,
     shapes,
 )
-from labctl.drill_runner import (
-    AlertRecord,
-    AlertTracker,
-    DrillRunner,
-    evaluate,
-    interruptible,
-    time_to_detect,
-)
-from labctl.native import NativeLab
-from labctl.scoring import WRONG_GUESS_COST, Guess, score
-from pydantic import ValidationError
-
+from labctl.drills.prometheus import AlertRecord, AlertTracker
+from labctl.drills.runner import DrillRunner, interruptible
+from labctl.drills.scoring import WRONG_GUESS_COST, Guess, score
+from labctl.drills.verdict import evaluate, time_to_detect
+from labctl.native.lab import NativeLab
 from services.fault_spec import FAULT_KINDS, MODELS, applies
 
 DRILLS = load_drills()
@@ -236,26 +234,25 @@ def test_verdict_needs_expected_alerts_within_bound_and_no_forbidden_alert() -> 
         _record("ServiceHigh5xxRatio", start + 95, service="order"),
         _record("ServiceDown", start - 600, carried=True, service="order"),  # an earlier drill's
     ]
-    verdict, failures, rows = evaluate(drill, _FakeTracker(good), t0, {"ok": True}, False, None)
+    OK = DataCheck(ok=True)
+    verdict, failures, rows = evaluate(drill, _FakeTracker(good), t0, OK, False, None)
     assert (verdict, failures) == ("PASS", [])
-    assert [r["detected_after"] for r in rows] == [40, 90]
+    assert [r.detected_after for r in rows] == [40, 90]
     assert time_to_detect(drill, _FakeTracker(good), t0) == 40
 
     late = [*good[:1], _record("ServiceHigh5xxRatio", start + 400, service="payment")]
-    verdict, failures, _ = evaluate(drill, _FakeTracker(late), t0, {"ok": True}, False, None)
+    verdict, failures, _ = evaluate(drill, _FakeTracker(late), t0, OK, False, None)
     assert verdict == "FAIL" and "fired after 400s" in failures[0]
 
     wrong_service = [*good[:1], _record("ServiceHigh5xxRatio", start + 90, service="auth")]
-    verdict, failures, _ = evaluate(
-        drill, _FakeTracker(wrong_service), t0, {"ok": True}, False, None
-    )
+    verdict, failures, _ = evaluate(drill, _FakeTracker(wrong_service), t0, OK, False, None)
     assert verdict == "FAIL" and "did not fire" in failures[0]
 
     noisy = [*good, _record("NotificationDeliveryStalled", start + 30, service="notification")]
-    verdict, failures, _ = evaluate(drill, _FakeTracker(noisy), t0, {"ok": True}, False, None)
+    verdict, failures, _ = evaluate(drill, _FakeTracker(noisy), t0, OK, False, None)
     assert verdict == "FAIL" and "forbidden alert fired: NotificationDeliveryStalled" in failures[0]
 
-    lost = {"ok": False, "problems": ["1 accepted order(s) missing: ord_x"]}
+    lost = DataCheck(ok=False, problems=["1 accepted order(s) missing: ord_x"])
     verdict, failures, _ = evaluate(drill, _FakeTracker(good), t0, lost, False, None)
     assert verdict == "FAIL" and failures == ["data check: 1 accepted order(s) missing: ord_x"]
 
@@ -354,39 +351,39 @@ def test_sigint_during_a_drill_sets_the_stop_flag_instead_of_raising() -> None:
 
 
 def test_verify_runs_the_no_incident_drill_first_and_blind_picks_are_seeded() -> None:
-    order = drill_cli.verify_order(DRILLS, ["payment-latency", "no-incident"])
+    order = drill_verify.verify_order(DRILLS, ["payment-latency", "no-incident"])
     assert [d.id for d in order] == ["no-incident", "payment-latency"]
-    assert drill_cli.pick(DRILLS, 7).id == drill_cli.pick(DRILLS, 7).id
-    assert len({drill_cli.pick(DRILLS, seed).id for seed in range(40)}) > 3
+    assert blind.pick(DRILLS, 7).id == blind.pick(DRILLS, 7).id
+    assert len({blind.pick(DRILLS, seed).id for seed in range(40)}) > 3
 
 
 def test_answer_scores_the_blind_drill_and_closes_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(drill_cli, "DRILLS_VAR", tmp_path)
-    monkeypatch.setattr(drill_cli, "CURRENT", tmp_path / "current.json")
+    monkeypatch.setattr(blind, "DRILLS_VAR", tmp_path)
+    monkeypatch.setattr(blind, "CURRENT", tmp_path / "current.json")
     now = time.time()
     state = {
         "run_id": "r1", "drill_id": "payment-latency", "started_at": now - 100,
         "fault_start": now - 60, "hints": [], "guesses": [], "closed": False,
     }  # fmt: skip
     (tmp_path / "current.json").write_text(json.dumps(state))
-    assert drill_cli.main(["hint"]) == 0
+    assert cli.main(["drill", "hint"]) == 0
     # typos are refused without costing a guess
-    assert drill_cli.main(["answer", "--service", "paymnt", "--kind", "latency"]) == 2
+    assert cli.main(["drill", "answer", "--service", "paymnt", "--kind", "latency"]) == 2
     assert "unknown service 'paymnt'" in capsys.readouterr().out
-    assert drill_cli.main(["answer", "--service", "payment", "--kind", "slow"]) == 2
+    assert cli.main(["drill", "answer", "--service", "payment", "--kind", "slow"]) == 2
     assert "unknown fault kind 'slow'" in capsys.readouterr().out
     assert json.loads((tmp_path / "current.json").read_text())["guesses"] == []
-    assert drill_cli.main(["answer", "--service", "order", "--kind", "latency"]) == 1
+    assert cli.main(["drill", "answer", "--service", "order", "--kind", "latency"]) == 1
     assert "wrong service" in capsys.readouterr().out
-    assert drill_cli.main(["answer", "--service", "payment", "--kind", "latency"]) == 0
+    assert cli.main(["drill", "answer", "--service", "payment", "--kind", "latency"]) == 0
     out = capsys.readouterr().out
     saved = json.loads((tmp_path / "current.json").read_text())
     assert saved["closed"] and len(saved["guesses"]) == 2
     expected = 100 - DRILLS["payment-latency"].hints[0].cost - WRONG_GUESS_COST
     assert f"Score: {expected}/100" in out
-    assert drill_cli.main(["answer", "--service", "payment", "--kind", "latency"]) == 1
+    assert cli.main(["drill", "answer", "--service", "payment", "--kind", "latency"]) == 1
 
 
 # ------------------------------------------------------------------------ integration
@@ -421,9 +418,9 @@ def test_an_interrupted_drill_clears_its_faults(native_lab: NativeLab, tmp_path:
     worker.join(90)
     runner.close()
     assert not worker.is_alive()
-    assert result["r"].journal["interrupted"] is True
+    assert result["r"].journal.interrupted is True
     assert _faults(native_lab, "payment") == []
-    assert any(e["event"] == "rollback" for e in result["r"].journal["events"])
+    assert any(e["event"] == "rollback" for e in result["r"].journal.events)
 
 
 @pytest.mark.integration
@@ -439,10 +436,10 @@ def test_verify_ci_subset_on_the_real_lab(tmp_path: Path) -> None:
     started = time.monotonic()
     try:
         lab.up()
-        ok, rows = drill_cli.verify(lab, drill_cli.verify_order(DRILLS, list(CI_SUBSET)))
+        ok, rows = drill_verify.verify(lab, drill_verify.verify_order(DRILLS, list(CI_SUBSET)))
         minutes = (time.monotonic() - started) / 60
-        print(f"\n{drill_cli.table(rows)}\nCI subset: {minutes:.1f} min")
-        assert ok, drill_cli.table(rows)
+        print(f"\n{drill_verify.table(rows)}\nCI subset: {minutes:.1f} min")
+        assert ok, drill_verify.table(rows)
         for row in rows:
             run_dir = Path(row["run_dir"])
             journal = json.loads((run_dir / "journal.json").read_text())
@@ -473,21 +470,21 @@ def test_verify_rebuilds_a_broken_lab_and_goes_on(
             pid = json.loads(lab_.state_file.read_text())["components"]["payment"]["pid"]
             psutil.Process(pid).kill()
             psutil.Process(pid).wait(10)
-        journal = {"expected": [], "data_check": {"ok": True}}
+        journal = SimpleNamespace(expected=[], data_check=SimpleNamespace(ok=True))
         return SimpleNamespace(
             tracker=SimpleNamespace(fired=list), journal=journal, verdict="PASS", failures=[],
             run_dir=tmp_path / run_id,
         )  # fmt: skip
 
-    monkeypatch.setattr(drill_cli, "execute", fake_execute)
+    monkeypatch.setattr(drill_verify, "execute", fake_execute)
     lab.up()
     try:
-        ok, rows = drill_cli.verify(lab, [DRILLS["no-incident"], DRILLS["payment-latency"]],
+        ok, rows = drill_verify.verify(lab, [DRILLS["no-incident"], DRILLS["payment-latency"]],
                                     out=lambda _line: None)  # fmt: skip
     finally:
         lab.down()
         lab.close()
     assert [s[1] for s in seen] == [[], []]  # the second drill found the lab whole again
     assert not ok
-    assert [r["verdict"] for r in rows] == ["ERROR", "PASS"]
-    assert "payment not running" in rows[0]["failures"][0]
+    assert [r.verdict for r in rows] == ["ERROR", "PASS"]
+    assert "payment not running" in rows[0].failures[0]

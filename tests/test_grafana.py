@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from labctl.config import loaded_rule_files
+
 ROOT = Path(__file__).resolve().parent.parent
 PROVISIONING = ROOT / "grafana" / "provisioning"
 DASHBOARDS = ROOT / "grafana" / "dashboards"
@@ -328,7 +330,7 @@ def test_queries_use_only_the_label_names_alloy_gives_loki(dashboards):
 def test_dashboards_query_only_metrics_of_the_telemetry_contract(dashboards):
     """A renamed metric breaks panels silently; docs/telemetry.md is the contract."""
     contract = (ROOT / "docs" / "telemetry.md").read_text()
-    rules = "\n".join(p.read_text() for p in (ROOT / "deploy/prometheus/rules").glob("*.yml"))
+    rules = "\n".join(p.read_text() for p in loaded_rule_files())
     recorded = set(re.findall(r"record:\s*(\S+)", rules))
     known_extra = {"up", "ALERTS"}
     suffix = re.compile(r"_(bucket|count|sum)$")

@@ -1,4 +1,5 @@
-"""`python -m labctl` as a user runs it: clear errors, non-zero exits, nothing left running."""
+"""`labctl` (run as `python -m labctl`) as a user runs it: clear errors, non-zero exits,
+nothing left running."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from labctl import procs
-from labctl.binaries import ENV_NAMES, INSTALL_HINT, ensure_binaries, find_binaries
+
 from labctl.config import COMPONENTS, DEFAULT_PORTS, LabError, Ports, port_env_name
-from labctl.native import NativeLab
-from labctl.receiver import AlertStore, _Server, read_alerts
+from labctl.native import procs
+from labctl.native.binaries import ENV_NAMES, INSTALL_HINT, ensure_binaries, find_binaries
+from labctl.native.lab import NativeLab
+from labctl.native.receiver import AlertStore, _Server, read_alerts
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = (REPO / "docs" / "native-lab.md").read_text()
@@ -154,7 +156,7 @@ def test_ports_from_env() -> None:
 # ---------------------------------------------------------------- receiver port
 
 
-def test_receiver_port_is_substituted_into_a_copy_of_the_alertmanager_config(
+def test_receiver_port_is_substituted_into_a_copy_of_thealertmanager_config(
     tmp_path: Path,
 ) -> None:
     source = tmp_path / "alertmanager.yml"
@@ -164,8 +166,8 @@ def test_receiver_port_is_substituted_into_a_copy_of_the_alertmanager_config(
         "  - name: ticket\n    webhook_configs: [{url: 'http://localhost:9095/hook/ticket'}]\n"
     )
     lab = NativeLab(tmp_path / "lab", Ports.any_free(), alertmanager_config=source, out=print)
-    assert lab._alertmanager_config(9095) == source  # default port: the file itself
-    rendered = lab._alertmanager_config(19123)
+    assert lab.alertmanager_config(9095) == source  # default port: the file itself
+    rendered = lab.alertmanager_config(19123)
     assert rendered.parent == tmp_path / "lab" / "alertmanager"
     text = rendered.read_text()
     assert "http://127.0.0.1:19123/hook/page" in text
@@ -251,7 +253,7 @@ def test_up_twice_status_down(tmp_path: Path) -> None:
 
 def test_every_variable_labctl_reads_is_documented() -> None:
     source = "\n".join(
-        p.read_text() for p in (REPO / "deploy" / "labctl").glob("*.py") if p.name != "slo.py"
+        p.read_text() for p in (REPO / "labctl").rglob("*.py") if p.parent.name != "slo"
     )
     read = set(re.findall(r"""env(?:iron)?\.get\(\s*["']([A-Z][A-Z0-9_]+)["']""", source))
     read |= set(ENV_NAMES.values()) | {port_env_name(c) for c in COMPONENTS}

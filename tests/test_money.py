@@ -2,7 +2,7 @@
 
 Each test reproduces a failure the checkout used to have (issue: "The checkout keeps every cent
 and every confirmation through any fault") and ends with the post-drill data check
-(labctl.data_check) over what the services hold: it must find nothing wrong.
+(labctl.drills.data_check) over what the services hold: it must find nothing wrong.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from labctl.data_check import check_data, fetch_state, wait_and_fetch
 
+from labctl.drills.data_check import check_data, fetch_state, wait_and_fetch
 from services.fault_spec import DEFAULT_ADMIN_TOKEN
 from tests.support import running_services, wait_until
 

@@ -16,10 +16,11 @@ import httpx
 import psutil
 import pytest
 import yaml
-from labctl import procs
-from labctl.config import REPO_ROOT, SERVICES
-from labctl.native import NativeLab
-from labctl.receiver import read_alerts
+
+from labctl.config import REPO_ROOT, SERVICES, loaded_rule_files
+from labctl.native import procs
+from labctl.native.lab import NativeLab
+from labctl.native.receiver import read_alerts
 
 pytestmark = pytest.mark.integration
 
@@ -65,9 +66,9 @@ def test_prometheus_scrapes_all_five_services(native_lab: NativeLab) -> None:
 
 def test_project_rule_groups_are_loaded(native_lab: NativeLab) -> None:
     expected = set()
-    for path in sorted((REPO_ROOT / "deploy/prometheus/rules").glob("*.yml")):
+    for path in loaded_rule_files():
         expected |= {g["name"] for g in yaml.safe_load(path.read_text())["groups"]}
-    assert expected, "deploy/prometheus/rules/*.yml holds no rule groups"
+    assert expected, "prometheus.yml's rule_files hold no rule groups"
     groups = get(native_lab, "prometheus", "/api/v1/rules").json()["data"]["groups"]
     assert {g["name"] for g in groups} == expected
     assert all(g["rules"] for g in groups)
@@ -195,7 +196,7 @@ def test_a_service_the_lab_lost_track_of_is_not_started_twice(
     native_lab: NativeLab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """If identity is lost anyway, a port that still answers is never restarted over."""
-    from labctl.drill_runner import restart_services
+    from labctl.drills.restart import restart_services
 
     ports = {name: int(url.rsplit(":", 1)[1]) for name, url in native_lab.urls.items()}
     monkeypatch.setattr(procs, "own_process", lambda *_args: None)  # "everything died"

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from labctl.config import DEFAULT_PORTS, REPO_ROOT, SERVICES, Ports
-from labctl.native import NativeLab
+
+from labctl.config import DEFAULT_PORTS, REPO_ROOT, SERVICES, Ports, loaded_rule_files
+from labctl.native.lab import NativeLab
 
 PROM_DIR = REPO_ROOT / "deploy" / "prometheus"
 AM_CONFIG = REPO_ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 JOBS = (*SERVICES, "prometheus", "alertmanager", "locust")
-RULE_FILES = sorted((PROM_DIR / "rules").glob("*.yml"))
+RULE_FILES = loaded_rule_files()
 
 
 def tool(name: str) -> str:
@@ -50,6 +51,7 @@ def compose_layout(tmp_path: Path) -> Path:
     etc.mkdir()
     (etc / "prometheus.yml").symlink_to(PROM_DIR / "prometheus.yml")
     (etc / "rules").symlink_to(PROM_DIR / "rules")
+    (etc / "slo-profiles").symlink_to(PROM_DIR / "slo-profiles")
     (etc / "targets").symlink_to(PROM_DIR / "targets-compose")
     return etc
 
@@ -64,7 +66,7 @@ def test_promtool_check_config(layout: str, request: pytest.FixtureRequest) -> N
 
 
 def test_promtool_check_rules() -> None:
-    assert RULE_FILES, "no rule files in deploy/prometheus/rules"
+    assert len(RULE_FILES) >= 2, "prometheus.yml loads no rule files"
     result = run(tool("promtool"), "check", "rules", *map(str, RULE_FILES))
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -76,7 +78,7 @@ def test_amtool_check_config() -> None:
 
 def test_amtool_accepts_the_copy_rendered_for_another_receiver_port(tmp_path: Path) -> None:
     lab = NativeLab(tmp_path, Ports(), out=print)
-    rendered = lab._alertmanager_config(19095)
+    rendered = lab.alertmanager_config(19095)
     lab.close()
     assert rendered != AM_CONFIG and ":9095/" not in rendered.read_text()
     result = run(tool("amtool"), "check-config", str(rendered))

@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
+from labctl import cli, slo
+from labctl.config import loaded_rule_files
 from tests.support import require_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 PROM = ROOT / "deploy" / "prometheus"
-LOADED_RULES = sorted((PROM / "rules").glob("*.yml"))
+LOADED_RULES = loaded_rule_files()
 PROFILE_RULES = sorted((PROM / "slo-profiles").glob("*.yml"))
 TEST_FILES = sorted((PROM / "tests").glob("*.test.yml"))
 SEVERITIES = {"page", "ticket"}
@@ -42,11 +44,11 @@ def alert_names(files: list[Path] = LOADED_RULES) -> set[str]:
 
 def test_rule_files_exist() -> None:
     names = {p.name for p in LOADED_RULES}
-    assert {"alerts.yml", "slo.yml"} <= names
+    assert names == {"alerts.yml", "slo-lab.yml"}  # no copy of a profile: the file itself
     assert {p.name for p in PROFILE_RULES} == {"slo-standard.yml", "slo-lab.yml"}
 
 
-@pytest.mark.parametrize("path", LOADED_RULES + PROFILE_RULES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted({*LOADED_RULES, *PROFILE_RULES}), ids=lambda p: p.name)
 def test_promtool_check_rules_lint(path: Path) -> None:
     result = run(
         require_binary("promtool"), "check", "rules", "--lint=all", "--lint-fatal", str(path)
@@ -56,7 +58,7 @@ def test_promtool_check_rules_lint(path: Path) -> None:
 
 
 def test_loaded_rules_have_no_duplicate_series() -> None:
-    """Prometheus loads rules/*.yml together: lint them as one set."""
+    """Prometheus loads its rule_files together: lint them as one set."""
     result = run(
         require_binary("promtool"),
         "check",
@@ -98,12 +100,9 @@ def _cases(files: list[Path]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-@pytest.mark.parametrize("rule_file", [*LOADED_RULES, *PROFILE_RULES], ids=lambda p: p.name)
+@pytest.mark.parametrize("rule_file", sorted({*LOADED_RULES, *PROFILE_RULES}), ids=lambda p: p.name)
 def test_every_alert_is_tested_firing_and_silent(rule_file: Path) -> None:
-    # rules/slo.yml is byte-identical to slo-profiles/slo-lab.yml (tested below): its tests
-    # load the profile file.
-    tested_as = "slo-lab.yml" if rule_file.name == "slo.yml" else rule_file.name
-    cases = [c for f, c in _cases(TEST_FILES) if f == tested_as]
+    cases = [c for f, c in _cases(TEST_FILES) if f == rule_file.name]
     fired = {c["alertname"] for c in cases if c.get("exp_alerts")}
     silent = {c["alertname"] for c in cases if not c.get("exp_alerts")}
     names = alert_names([rule_file])
@@ -157,10 +156,23 @@ def test_symptom_alert_windows_respect_the_scrape_interval() -> None:
             assert seconds >= 20, f"{path.name}: range {window} is under 4x the 5s scrape"
 
 
-def test_loaded_slo_rules_are_the_lab_profile() -> None:
-    assert (PROM / "rules" / "slo.yml").read_text() == (
-        PROM / "slo-profiles" / "slo-lab.yml"
-    ).read_text()
+def test_prometheus_loads_exactly_one_generated_slo_profile(tmp_path: Path) -> None:
+    spec = slo.load_spec()
+    assert slo.loading_problems(spec) == []
+    config = PROM / "prometheus.yml"
+    both = config.read_text().replace(
+        "  - slo-profiles/slo-lab.yml\n",
+        "  - slo-profiles/slo-lab.yml\n  - slo-profiles/slo-standard.yml\n",
+    )
+    assert both != config.read_text()
+    for folder in ("rules", "slo-profiles"):  # the layout Prometheus sees, as in the native lab
+        (tmp_path / folder).symlink_to(PROM / folder)
+    edited = tmp_path / "prometheus.yml"
+    edited.write_text(both)
+    assert "exactly one SLO profile" in " ".join(slo.loading_problems(spec, edited))
+    assert cli.main(["slo", "check", "--prometheus-config", str(edited)]) == 1
+    edited.write_text(config.read_text().replace("  - slo-profiles/slo-lab.yml\n", ""))
+    assert "it loads: none" in " ".join(slo.loading_problems(spec, edited))
 
 
 def test_prometheus_config_loads_the_rules() -> None:
@@ -169,6 +181,7 @@ def test_prometheus_config_loads_the_rules() -> None:
         pytest.skip("deploy/prometheus/prometheus.yml not written yet (owned by the native lab)")
     doc = yaml.safe_load(config.read_text())
     assert "rules/*.yml" in doc.get("rule_files", []), "prometheus.yml must load rules/*.yml"
+    assert "slo-profiles/slo-lab.yml" in doc["rule_files"], "and the lab's SLO profile"
     result = run(require_binary("promtool"), "check", "config", "--lint=all", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     for rules in LOADED_RULES:

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from labctl.config import loaded_rule_files
+
 ROOT = Path(__file__).resolve().parents[1]
-RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
+RULES = loaded_rule_files()  # what Prometheus loads
 RUNBOOKS = ROOT / "docs" / "runbooks"
 CATALOGUE = ROOT / "docs" / "alerts.md"
 SECTIONS = ("## Confirm", "## Dashboard panels", "## Traces", "## Logs", "## Mitigate")

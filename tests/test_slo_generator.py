@@ -8,11 +8,14 @@ table published in docs/slo.md.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
-from labctl import slo
+
+from labctl import cli, slo
+from labctl.config import loaded_rule_files
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS_DIR = ROOT / "deploy" / "prometheus" / "tests"
@@ -30,15 +33,15 @@ def spec() -> slo.Spec:
 
 def test_committed_rule_files_match_the_spec(spec: slo.Spec) -> None:
     stale = slo.drifted(spec)
-    assert stale == [], f"regenerate with `uv run python -m labctl.slo`: {stale}"
+    assert stale == [], f"regenerate with `make rules`: {stale}"
 
 
 def test_check_flag_passes_now_and_fails_on_drift(tmp_path: Path, capsys) -> None:
-    assert slo.main(["--check"]) == 0
+    assert cli.main(["slo", "check"]) == 0
     changed = slo.SPEC_PATH.read_text().replace("objective: 0.999", "objective: 0.995", 1)
     edited = tmp_path / "slos.yaml"
     edited.write_text(changed)
-    assert slo.main(["--check", "--spec", str(edited)]) == 1
+    assert cli.main(["slo", "check", "--spec", str(edited)]) == 1
     assert "out of date" in capsys.readouterr().err
 
 
@@ -100,8 +103,8 @@ def test_profiles_share_rule_names_so_only_one_is_loaded(spec: slo.Spec) -> None
         ]
 
     assert names(spec.profiles["lab"]) == names(spec.profiles["standard"])
-    loaded = sorted(p.name for p in (ROOT / "deploy/prometheus/rules").glob("*.yml"))
-    assert loaded == ["alerts.yml", "slo.yml"]
+    loaded = sorted(p.name for p in loaded_rule_files())
+    assert loaded == ["alerts.yml", "slo-lab.yml"]
 
 
 def test_burn_alerts_follow_workbook_table(spec: slo.Spec) -> None:
@@ -123,7 +126,7 @@ def _measured(spec: slo.Spec) -> list[tuple[slo.Measured, float, slo.Profile]]:
     for path in sorted(TESTS_DIR.glob("slo-*.test.yml")):
         profile = spec.profiles[path.name.split("-")[1].split(".")[0]]
         doc = yaml.safe_load(path.read_text())
-        grid = slo.replace(
+        grid = replace(
             profile,
             scrape_interval=slo.parse_duration(doc["tests"][0]["interval"]),
             evaluation_interval=slo.parse_duration(doc["evaluation_interval"]),

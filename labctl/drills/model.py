@@ -14,11 +14,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from labctl.config import REPO_ROOT, SERVICES
+from labctl.config import REPO_ROOT, SERVICES, loaded_rule_files
 from services.fault_spec import FaultSpec, applies
 
 DRILLS_DIR = REPO_ROOT / "loadtest" / "drills"
-RULES_DIR = REPO_ROOT / "deploy" / "prometheus" / "rules"
 SHAPES_DIR = REPO_ROOT / "loadtest" / "shapes"
 
 NO_INCIDENT = "none"
@@ -160,10 +159,10 @@ def load_drills(directory: Path = DRILLS_DIR) -> dict[str, Drill]:
     return {d.id: d for d in (load_drill(p) for p in sorted(directory.glob("*.yaml")))}
 
 
-def rule_alerts(rules_dir: Path = RULES_DIR) -> dict[str, list[dict[str, Any]]]:
-    """Alert rules by name (one name may have several rules, e.g. one per service)."""
+def rule_alerts(files: list[Path] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Alert rules Prometheus loads, by name (one name may have several rules, one per service)."""
     found: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted(rules_dir.glob("*.yml")) + sorted(rules_dir.glob("*.yaml")):
+    for path in loaded_rule_files() if files is None else files:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         for group in doc.get("groups", []):
             for rule in group.get("rules", []):

@@ -4,6 +4,11 @@ One runtime folder (``var/lab`` by default) holds everything a run produces: pid
 state file, per-component logs, traces, the services' databases, Prometheus and Alertmanager
 data and the alert receiver's record. ``NativeLab`` is the API; the CLI and the tests' fixture
 both use it, so the tests exercise exactly what ``make up`` does.
+
+Over 400 lines on purpose: start, stop, status and restart share one state file and one rule for
+"is this process still ours" (procs.own_process), and reading them in one class is what keeps
+them consistent. What differs per component (command, health path, dependencies) is data in
+components.py.
 """
 
 from __future__ import annotations
@@ -18,15 +23,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 
-from labctl import procs
-from labctl.binaries import find_binaries
 from labctl.config import (
     COMPONENTS,
     DEFAULT_ADMIN_TOKEN,
@@ -38,57 +40,9 @@ from labctl.config import (
     PortInUseError,
     Ports,
 )
-from services import topology
-
-HOST = "127.0.0.1"
-
-
-@dataclass(frozen=True)
-class Spec:
-    """What a component is, how to tell it is healthy, and what must exist before it starts."""
-
-    what: str
-    health_path: str
-    ui_path: str = ""
-    port_deps: tuple[str, ...] = ()  # their ports go into this one's config
-    ready_deps: tuple[str, ...] = ()  # these must be healthy first
-
-
-SPECS: dict[str, Spec] = {
-    # A service starts once the ports of those it calls are known (services/topology.toml).
-    **{
-        s.name: Spec(s.what, "/readyz", port_deps=s.calls)
-        for s in topology.SERVICES_BY_NAME.values()
-    },
-    "receiver": Spec("alert receiver: every notification, as JSON", "/healthz", "/alerts"),
-    "alertmanager": Spec(
-        "Alertmanager: routing, grouping, silences", "/-/ready", "/", port_deps=("receiver",)
-    ),
-    "prometheus": Spec("Prometheus: targets, rules, alerts", "/-/ready", "/alerts"),
-    "locust": Spec(
-        "Locust web UI: steady shopper traffic",
-        "/",
-        "/",
-        port_deps=("gateway",),
-        ready_deps=SERVICES,
-    ),
-}
-
-STOP_WAVES = (("locust",), tuple(c for c in COMPONENTS if c != "locust"))
-
-
-@dataclass
-class ComponentStatus:
-    """One row of ``status``: what runs, where, and whether it answers."""
-
-    name: str
-    state: str  # ready | unhealthy | stopped | off
-    pid: int | None = None
-    port: int | None = None
-    url: str | None = None
-    rss_bytes: int = 0
-    what: str = ""
-    note: str = ""
+from labctl.native import procs
+from labctl.native.binaries import find_binaries
+from labctl.native.components import HOST, SPECS, STOP_WAVES, ComponentStatus
 
 
 def _now_iso() -> str:
@@ -237,6 +191,7 @@ class NativeLab:
         for link, target in (
             ("prometheus.yml", self.root / "deploy/prometheus/prometheus.yml"),
             ("rules", self.root / "deploy/prometheus/rules"),
+            ("slo-profiles", self.root / "deploy/prometheus/slo-profiles"),
         ):
             path = prom_dir / link
             if path.is_symlink() or path.exists():
@@ -245,7 +200,7 @@ class NativeLab:
                 path.unlink()
             path.symlink_to(target)
 
-    def _alertmanager_config(self, receiver_port: int) -> Path:
+    def alertmanager_config(self, receiver_port: int) -> Path:
         """The project's config, or a copy with the receiver port substituted when it differs."""
         source = self.alertmanager_source
         if not source.exists():
@@ -282,76 +237,16 @@ class NativeLab:
     # ---------------------------------------------------------------- commands
 
     def _command(self, name: str, port: int, known: Mapping[str, int]) -> tuple[list[str], dict]:
-        rt = self.runtime_dir
         env = {
             **self.env,
-            procs.MARKER_ENV: str(rt),
+            procs.MARKER_ENV: str(self.runtime_dir),
             "PYTHONUNBUFFERED": "1",
             # Lab traffic is local; a proxy from the user's shell must not capture it.
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
         }
-        if name in SERVICES:
-            env.update(
-                OTEL_SERVICE_NAME=name,
-                DATA_DIR=str(rt / "data"),
-                ADMIN_TOKEN=self.admin_token(),
-                DEPLOYMENT_ENVIRONMENT=self.env.get("DEPLOYMENT_ENVIRONMENT", "lab"),
-            )
-            if not self.env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-                env["SPAN_FILE"] = str(rt / "traces" / f"{name}.jsonl")
-            for other in SERVICES:
-                if other != name and known.get(other):
-                    env[f"{other.upper()}_URL"] = f"http://{HOST}:{known[other]}"
-            argv = [
-                self.python, "-m", "uvicorn", f"services.{name}.main:create_app", "--factory",
-                "--host", HOST, "--port", str(port),
-            ]  # fmt: skip
-            return argv, env
-        if name == "receiver":
-            argv = [
-                self.python, "-m", "labctl.receiver", "--host", HOST, "--port", str(port),
-                "--file", str(self.alerts_file),
-            ]  # fmt: skip
-            return argv, env
-        if name == "alertmanager":
-            assert self.binaries.alertmanager
-            argv = [
-                self.binaries.alertmanager,
-                f"--config.file={self._alertmanager_config(known['receiver'])}",
-                f"--storage.path={rt / 'alertmanager' / 'data'}",
-                f"--web.listen-address={HOST}:{port}",
-                "--cluster.listen-address=",  # empty: no gossip port, a single local instance
-                "--log.format=json",
-            ]
-            if port:
-                argv.append(f"--web.external-url=http://{HOST}:{port}")
-            return argv, env
-        if name == "prometheus":
-            assert self.binaries.prometheus
-            argv = [
-                self.binaries.prometheus,
-                f"--config.file={rt / 'prometheus' / 'prometheus.yml'}",
-                f"--storage.tsdb.path={rt / 'prometheus' / 'data'}",
-                "--storage.tsdb.retention.time=7d",
-                f"--web.listen-address={HOST}:{port}",
-                "--web.enable-lifecycle",
-                "--log.format=json",
-            ]
-            if port:
-                argv.append(f"--web.external-url=http://{HOST}:{port}")
-            return argv, env
-        if name == "locust":
-            # The exporter's metrics are served on the web UI's /metrics: no extra port.
-            env["LOCUST_METRICS_PORT"] = "off"
-            argv = [
-                self.python, "-m", "locust", "-f", str(self.root / "loadtest" / "locustfile.py"),
-                "--host", f"http://{HOST}:{known['gateway']}",
-                "--web-host", HOST, "--web-port", str(port),
-                "--autostart", "--users", str(self.users), "--spawn-rate", str(self.spawn_rate),
-            ]  # fmt: skip
-            return argv, env
-        raise ValueError(name)
+        argv, extra = SPECS[name].command(self, port, known)
+        return argv, {**env, **extra}
 
     def _spawn(self, name: str, port: int, known: Mapping[str, int]) -> subprocess.Popen:
         argv, env = self._command(name, port, known)
@@ -610,23 +505,3 @@ class NativeLab:
 
     def close(self) -> None:
         self._http.close()
-
-
-def format_table(rows: list[ComponentStatus]) -> str:
-    """The URL table ``up`` and ``status`` print."""
-    header = ("component", "state", "pid", "url", "rss", "what")
-    lines = [header]
-    for row in rows:
-        rss = f"{row.rss_bytes / 2**20:.0f} MB" if row.rss_bytes else ""
-        state = row.state + (f" ({row.note})" if row.note else "")
-        lines.append((row.name, state, str(row.pid or ""), row.url or "", rss, row.what))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    out = []
-    for line in lines:
-        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
-        out.append("  ".join([*cells, line[-1]]).rstrip())
-    return "\n".join(out)
-
-
-def total_rss(rows: list[ComponentStatus]) -> int:
-    return sum(row.rss_bytes for row in rows)

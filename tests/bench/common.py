@@ -129,7 +129,7 @@ def start_lab(
     copy for a before/after comparison; the benchmark itself runs from this one.
     """
     from labctl.config import Ports
-    from labctl.native import NativeLab
+    from labctl.native.lab import NativeLab
 
     stop_on_sigterm()
     rt = runtime_dir or Path(tempfile.mkdtemp(prefix="lab-", dir=_bench_tmp()))
@@ -163,7 +163,7 @@ def stop_on_sigterm() -> None:
 def add_load(lab: Lab, users: int = 10) -> float:
     """Start the runner's own steady Locust beside a running lab; seconds until it answers."""
     from labctl.config import Ports
-    from labctl.native import NativeLab
+    from labctl.native.lab import NativeLab
 
     quiet = lambda _: None  # noqa: E731
     loaded = NativeLab(lab.runtime_dir, Ports.any_free(), load=True, users=users, out=quiet)

@@ -1,0 +1,223 @@
+"""Blind mode: a random drill in the background, its name hidden; hints cost points; answers
+are scored.
+
+The open blind drill lives in var/drills/current.json (what `hint` and `answer` read back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import time
+
+from pydantic import BaseModel, Field, ValidationError
+
+from labctl.config import REPO_ROOT, SERVICES, LabError
+from labctl.drills.common import DRILLS_VAR, find_drill, lab_dir, new_run_id, say
+from labctl.drills.journal import Answer, Journal
+from labctl.drills.model import NO_INCIDENT, Drill, load_drills
+from labctl.drills.report import write_report
+from labctl.drills.scoring import MAX_GUESSES, Guess, Score, is_right, normalise, score
+from labctl.native.lab import NativeLab
+from services.fault_spec import FAULT_KINDS
+
+CURRENT = DRILLS_VAR / "current.json"
+
+
+class HintUsed(BaseModel):
+    at: float
+    cost: int
+
+
+class GuessMade(BaseModel):
+    service: str
+    kind: str
+    at: float
+
+
+class BlindState(BaseModel):
+    """The open blind drill (var/drills/current.json): what `hint` and `answer` read back."""
+
+    run_id: str
+    drill_id: str
+    seed: int | None = None
+    started_at: float
+    fault_start: float
+    pid: int | None = None
+    hints: list[HintUsed] = Field(default_factory=list)
+    guesses: list[GuessMade] = Field(default_factory=list)
+    closed: bool = False
+    finished: bool = False
+    first_page_at: float | None = None
+
+    def scored(self, drill: Drill, time_to_detect: float | None) -> Score:
+        guesses = [Guess(g.service, g.kind, g.at) for g in self.guesses]
+        return score(
+            guesses,
+            drill.answer.service,
+            drill.answer.kind,
+            clock_start(self, drill),
+            time_to_detect,
+            [h.cost for h in self.hints],
+        )
+
+
+def read_current() -> BlindState | None:
+    try:
+        return BlindState.model_validate_json(CURRENT.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValidationError):
+        return None
+
+
+def write_current(state: BlindState) -> None:
+    CURRENT.parent.mkdir(parents=True, exist_ok=True)
+    tmp = CURRENT.with_suffix(".tmp")
+    tmp.write_text(state.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    tmp.replace(CURRENT)
+
+
+def pick(drills: dict[str, Drill], seed: int | None) -> Drill:
+    """A seedable random choice: the same seed gives the same drill (game days, tests)."""
+    return drills[random.Random(seed).choice(sorted(drills))]
+
+
+def cmd_blind(args: argparse.Namespace) -> int:
+    state = read_current()
+    if state and not state.closed and not args.force:
+        raise LabError("a blind drill is still open: `answer` it first (or `blind --force`)")
+    drills = load_drills()
+    drill = pick(drills, args.seed)
+    lab = NativeLab(lab_dir(), out=say)
+    try:
+        if not all(s in lab.urls for s in ("gateway", "prometheus")):
+            raise LabError("the lab is not running: start it with `make up`")
+    finally:
+        lab.close()
+    run_id = new_run_id(blind=True)
+    run_dir = DRILLS_VAR / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "runner.log"
+    argv = [sys.executable, "-m", "labctl", "drill", "run", drill.id, "--blind"]
+    argv += ["--run-id", run_id, "--log", str(log)]
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    started = time.time()
+    write_current(
+        BlindState(
+            run_id=run_id,
+            drill_id=drill.id,
+            seed=args.seed,
+            started_at=started,
+            fault_start=started + (drill.fault_start or 0),
+            pid=proc.pid,
+        )
+    )
+    say(f"Blind drill started (run {run_id}, {drill.load.duration:.0f}s of load).")
+    say("Briefing:\n  " + drill.briefing.strip().replace("\n", "\n  "))
+    say(
+        "Investigate with the dashboards, traces and logs. Then:\n"
+        "  make answer SERVICE=<service|none> KIND=<fault kind|none>\n"
+        "  make hint      (costs points)"
+    )
+    return 0
+
+
+def _open_state() -> tuple[BlindState, Drill]:
+    state = read_current()
+    if not state:
+        raise LabError("no blind drill: start one with `blind`")
+    if state.closed:
+        raise LabError(f"the blind drill {state.run_id} is over; start another with `blind`")
+    return state, find_drill(load_drills(), state.drill_id)
+
+
+def cmd_hint(args: argparse.Namespace) -> int:
+    state, drill = _open_state()
+    used = len(state.hints)
+    if used >= len(drill.hints):
+        say("No more hints.")
+        return 0
+    hint = drill.hints[used]
+    state.hints.append(HintUsed(at=time.time(), cost=hint.cost))
+    write_current(state)
+    say(f"Hint {used + 1}/{len(drill.hints)} (-{hint.cost} points): {hint.text}")
+    return 0
+
+
+def clock_start(state: BlindState, drill: Drill) -> float:
+    """The trainee's clock: from the first page, else the fault, else the drill's start."""
+    if state.first_page_at:
+        return state.first_page_at
+    journal = Journal.read(DRILLS_VAR / state.run_id)
+    if journal and (page := journal.first_page()):
+        return page
+    live = DRILLS_VAR / state.run_id / "first_page"
+    if live.exists():
+        return float(live.read_text())
+    return state.fault_start if drill.timeline else state.started_at
+
+
+def attach_answer(journal: Journal, state: BlindState, drill: Drill) -> None:
+    """The answers given so far, and their score, into the run's journal."""
+    journal.drill = drill.id
+    if not state.guesses:
+        return
+    journal.answer = Answer(
+        guesses=[g.model_dump() for g in state.guesses], hints=[h.model_dump() for h in state.hints]
+    )
+    journal.score = state.scored(drill, journal.time_to_detect)
+
+
+def guess_problem(service: str, kind: str) -> str | None:
+    """Why a guess is not an answer at all (a typo must not cost a guess), or None."""
+    if normalise(service) not in {*SERVICES, NO_INCIDENT}:
+        return f"unknown service {service!r}; one of: {', '.join(SERVICES)}, or none"
+    if normalise(kind) not in {*FAULT_KINDS, NO_INCIDENT}:
+        return f"unknown fault kind {kind!r}; one of: {', '.join(FAULT_KINDS)}, or none"
+    return None
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    state, drill = _open_state()
+    problem = guess_problem(args.service, args.kind)
+    if problem:
+        say(f"Not an answer: {problem}. Not counted as a guess.")
+        return 2
+    guess = Guess(args.service, args.kind, time.time())
+    state.guesses.append(GuessMade(service=guess.service, kind=guess.kind, at=guess.at))
+    service_ok, kind_ok = is_right(guess, drill.answer.service, drill.answer.kind)
+    result = state.scored(drill, None)
+    done = (service_ok and kind_ok) or len(state.guesses) >= MAX_GUESSES
+    if not done:
+        left = MAX_GUESSES - len(state.guesses)
+        what = "right service, wrong fault kind" if service_ok else "wrong service"
+        say(f"Not quite: {what}. {left} guess(es) left; each wrong guess costs points.")
+        write_current(state)
+        return 1
+    state.closed = True
+    write_current(state)
+    say(f"{'Right' if service_ok and kind_ok else 'Out of guesses'}: the drill was {drill.id}.")
+    cause = (
+        "no incident"
+        if drill.answer.service == NO_INCIDENT
+        else (f"{drill.answer.kind} on {drill.answer.service}")
+    )
+    say(f"Cause: {cause}.\nScore: {result.total}/100 {result.breakdown}")
+    say("Debrief: " + drill.debrief.summary.strip())
+    for ev in drill.debrief.evidence:
+        say(f"  - {ev.kind}: {ev.where}: {ev.what}")
+    run_dir = DRILLS_VAR / state.run_id
+    journal = Journal.read(run_dir)
+    if journal is not None:  # the run is over: put the score into its journal and report
+        attach_answer(journal, state, drill)
+        journal.write(run_dir)
+        write_report(run_dir, drill, journal, {})
+        say(f"Report: {run_dir / 'report.md'}")
+    else:
+        say(f"The drill is still running; its report will be in {run_dir}/report.md")
+    return 0 if service_ok and kind_ok else 1

@@ -1,0 +1,72 @@
+"""A drill's verdict, from what fired and when: pure functions of the drill, the
+alerts and the data check."""
+
+from __future__ import annotations
+
+from labctl.drills.journal import DataCheck, ExpectedResult
+from labctl.drills.model import Drill
+from labctl.drills.prometheus import AlertRecord, AlertTracker
+
+
+def matches(record: AlertRecord, name: str, labels: dict[str, str]) -> bool:
+    return record.name == name and all(record.labels.get(k) == v for k, v in labels.items())
+
+
+def evaluate(
+    drill: Drill,
+    tracker: AlertTracker,
+    t0: float,
+    data: DataCheck,
+    interrupted: bool,
+    error: str | None,
+) -> tuple[str, list[str], list[ExpectedResult]]:
+    """PASS/FAIL with reasons, and one row per expected alert (fired? after how long?)."""
+    failures: list[str] = []
+    rows = []
+    start = t0 + (drill.fault_start or 0)
+    fired = tracker.fired()
+    for expected in drill.expected_alerts:
+        hits = [r for r in fired if matches(r, expected.alert, expected.labels)]
+        hits = [r for r in hits if (r.fired_at or 0) >= start - 5]
+        detect = min((r.fired_at or 0) for r in hits) - start if hits else None
+        ok = detect is not None and detect <= expected.within
+        rows.append(
+            ExpectedResult(
+                alert=expected.alert,
+                labels=expected.labels,
+                within=expected.within,
+                detected_after=None if detect is None else round(max(detect, 0.0), 1),
+                ok=ok,
+            )
+        )
+        if not ok:
+            label = expected.alert + (f"{expected.labels}" if expected.labels else "")
+            if detect is None:
+                failures.append(f"{label} did not fire")
+            else:
+                failures.append(f"{label} fired after {detect:.0f}s > {expected.within:.0f}s")
+    for record in fired:
+        if drill.is_silent(record.name):
+            failures.append(f"forbidden alert fired: {record.name} {_brief(record.labels)}")
+    if data.ok is False:
+        failures += [f"data check: {p}" for p in data.problems]
+    if interrupted:
+        failures.append("interrupted")
+    if error:
+        failures.append(f"error: {error}")
+    return ("PASS" if not failures else "FAIL"), failures, rows
+
+
+def time_to_detect(drill: Drill, tracker: AlertTracker, t0: float) -> float | None:
+    """Seconds from the first fault to the first page (None: nothing paged, or no fault)."""
+    if drill.fault_start is None:
+        return None
+    start = t0 + drill.fault_start
+    pages = [r.fired_at for r in tracker.fired() if r.severity == "page" and r.fired_at]
+    pages = [p for p in pages if p >= start - 5]
+    return round(max(0.0, min(pages) - start), 1) if pages else None
+
+
+def _brief(labels: dict[str, str]) -> str:
+    keep = {k: v for k, v in labels.items() if k in ("service", "peer", "route", "slo")}
+    return "{" + ", ".join(f"{k}={v}" for k, v in sorted(keep.items())) + "}"

@@ -1,0 +1,132 @@
+"""``labctl drill verify``: every drill on its own lab; expected alerts within bound, nothing else
+firing, no data lost."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from labctl import tables
+from labctl.config import LabError, Ports
+from labctl.drills.common import DRILLS_VAR, find_drill, lab_dir, new_run_id, say
+from labctl.drills.execute import execute
+from labctl.drills.model import Drill, load_drills
+from labctl.drills.runner import RunResult
+from labctl.native.lab import NativeLab
+
+VERIFY_FIRST = "no-incident"  # first, while no earlier drill can leave a slow-burn window behind
+
+
+@dataclass
+class VerifyRow:
+    """One drill's line of the verify table."""
+
+    drill: str
+    verdict: str
+    failures: list[str] = field(default_factory=list)
+    expected: str = "—"
+    fired: str = "—"
+    detect: str = "—"
+    bounds: str = "—"
+    data: str = "—"
+    run_dir: str = ""
+
+    @classmethod
+    def of(cls, drill: Drill, result: RunResult) -> VerifyRow:
+        expected = result.journal.expected
+        fired = sorted({r.name for r in result.tracker.fired()})
+        return cls(
+            drill=drill.id,
+            verdict=result.verdict,
+            failures=list(result.failures),
+            expected=", ".join(e.alert for e in expected) or "(none)",
+            fired=", ".join(fired) or "(none)",
+            detect=", ".join(
+                "—" if e.detected_after is None else f"{e.detected_after:.0f}s" for e in expected
+            )
+            or "—",
+            bounds=", ".join(f"{e.within:.0f}s" for e in expected) or "—",
+            data="ok" if result.journal.data_check.ok else "FAIL",
+            run_dir=str(result.run_dir),
+        )
+
+
+def verify(
+    lab: NativeLab, drills: list[Drill], out: Any = say, *, rebuild: bool = True
+) -> tuple[bool, list[VerifyRow]]:
+    """Run each drill in turn, waiting for quiet between them; the table rows and overall ok.
+
+    A drill that leaves the lab broken (a component gone that should run) is reported as an
+    ERROR, and the lab is rebuilt before the next drill (when `rebuild`: a lab verify started
+    itself), so one broken drill does not fail every drill after it."""
+    rows: list[VerifyRow] = []
+    for drill in drills:
+        out(f"== {drill.id}")
+        try:
+            result = execute(
+                lab, drill, f"verify-{new_run_id()}-{drill.id}", wait_quiet=True, out=out
+            )
+        except LabError as exc:
+            row = VerifyRow(drill.id, "ERROR", [f"the lab is not usable: {exc}"])
+        else:
+            row = VerifyRow.of(drill, result)
+        rows.append(row)
+        if missing := lab.missing():
+            message = f"the lab broke during this drill ({', '.join(missing)} not running)"
+            out(f"  {message}")
+            row.verdict = "ERROR"
+            row.failures.append(message)
+            if not rebuild:
+                break
+            out("  rebuilding the lab before the next drill")
+            lab.down()
+            lab.up()
+    return all(r.verdict == "PASS" for r in rows), rows
+
+
+def table(rows: list[VerifyRow]) -> str:
+    header = ("drill", "expected", "fired", "time to detect", "bound", "data", "verdict")
+    cells = ((r.drill, r.expected, r.fired, r.detect, r.bounds, r.data, r.verdict) for r in rows)
+    lines = [tables.markdown(header, cells)]
+    lines += [f"- {row.drill}: {failure}" for row in rows for failure in row.failures]
+    return "\n".join(lines)
+
+
+def verify_order(drills: dict[str, Drill], only: list[str] | None) -> list[Drill]:
+    ids = only or list(drills)
+    for drill_id in ids:
+        find_drill(drills, drill_id)
+    ids = sorted(ids, key=lambda i: (i != VERIFY_FIRST, list(drills).index(i)))
+    return [drills[i] for i in ids]
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    drills = load_drills()
+    chosen = verify_order(drills, [i for i in (args.only or "").split(",") if i] or None)
+    started = time.monotonic()
+    if args.use_running:
+        lab = NativeLab(lab_dir(), out=say)
+        stop_after = False
+    else:
+        # Drills drive their own load, so the lab's background Locust stays off: the load of a
+        # verify run is exactly the drill's. Free ports: a `make up` lab may run beside it.
+        lab = NativeLab(DRILLS_VAR / "lab", Ports.any_free(), load=False, out=say)
+        say(f"Starting a native lab for verify in {lab.runtime_dir}")
+        lab.up()
+        stop_after = not args.keep_lab
+    try:
+        ok, rows = verify(lab, chosen, rebuild=not args.use_running)
+    finally:
+        if stop_after:
+            lab.down()
+        lab.close()
+    text = table(rows)
+    say("\n" + text)
+    summary = DRILLS_VAR / "verify-summary.md"
+    summary.write_text(text + "\n", encoding="utf-8")
+    minutes = (time.monotonic() - started) / 60
+    say(f"\n{sum(r.verdict == 'PASS' for r in rows)}/{len(rows)} drills passed "
+         f"in {minutes:.1f} min; table in {summary}")  # fmt: skip
+    return 0 if ok else 1
