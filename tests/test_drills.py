@@ -19,9 +19,10 @@ import pytest
 from pydantic import ValidationError
 
 from labctl import cli
-from labctl.config import SERVICES, Ports
+from labctl.config import SERVICES, LabError, Ports
 from labctl.drills import blind
 from labctl.drills import verify as drill_verify
+from labctl.drills.common import command, find_drill
 from labctl.drills.data_check import check_data, parse_ts
 from labctl.drills.journal import DataCheck
 from labctl.drills.model import (
@@ -344,10 +345,11 @@ def test_prometheus_timestamps_with_nanoseconds_parse() -> None:
 
 def test_sigint_during_a_drill_sets_the_stop_flag_instead_of_raising() -> None:
     stop = threading.Event()
+    before = signal.getsignal(signal.SIGINT)  # default, or SIG_IGN under nohup/a background job
     with interruptible(stop):
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.wait(5)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # restored, whatever it was
 
 
 def test_verify_runs_the_no_incident_drill_first_and_blind_picks_are_seeded() -> None:
@@ -384,6 +386,17 @@ def test_answer_scores_the_blind_drill_and_closes_it(
     expected = 100 - DRILLS["payment-latency"].hints[0].cost - WRONG_GUESS_COST
     assert f"Score: {expected}/100" in out
     assert cli.main(["drill", "answer", "--service", "payment", "--kind", "latency"]) == 1
+
+
+def test_messages_name_the_command_the_user_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through make (MAKELEVEL set) the advice is a make target, else the labctl command."""
+    monkeypatch.delenv("MAKELEVEL", raising=False)
+    with pytest.raises(LabError, match="`labctl drill list` shows them"):
+        find_drill(DRILLS, "nope")
+    monkeypatch.setenv("MAKELEVEL", "1")
+    with pytest.raises(LabError, match="`make drills` shows them"):
+        find_drill(DRILLS, "nope")
+    assert command("blind --force") == "make blind FORCE=1"
 
 
 # ------------------------------------------------------------------------ integration
@@ -441,7 +454,7 @@ def test_verify_ci_subset_on_the_real_lab(tmp_path: Path) -> None:
         print(f"\n{drill_verify.table(rows)}\nCI subset: {minutes:.1f} min")
         assert ok, drill_verify.table(rows)
         for row in rows:
-            run_dir = Path(row["run_dir"])
+            run_dir = Path(row.run_dir)
             journal = json.loads((run_dir / "journal.json").read_text())
             assert journal["data_check"]["ok"] is True
             assert (run_dir / "report.md").exists() and (run_dir / "report.png").exists()
