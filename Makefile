@@ -141,6 +141,7 @@ bench-quick: bootstrap system-deps ## The benchmarks in smoke mode (under 3 minu
 DRILLCTL := $(LAB) drill
 DRILL ?=
 SEED ?=
+FORCE ?=
 SERVICE ?=
 KIND ?=
 ONLY ?=
@@ -155,8 +156,8 @@ drill: bootstrap ## Run one drill against the running lab: make drill DRILL=paym
 	$(DRILLCTL) run $(DRILL)
 
 .PHONY: blind
-blind: bootstrap ## Start a random drill without naming it (SEED=n to repeat one)
-	$(DRILLCTL) blind $(if $(SEED),--seed $(SEED))
+blind: bootstrap ## Start a random drill without naming it (SEED=n to repeat one, FORCE=1 to abandon an open one)
+	$(DRILLCTL) blind $(if $(SEED),--seed $(SEED)) $(if $(FORCE),--force)
 
 .PHONY: hint
 hint: bootstrap ## The next hint of the blind drill (costs points)

@@ -3,6 +3,7 @@
     labctl up|down|status|clean|logs      the lab (native processes, or compose where Docker runs)
     labctl drill list|run|blind|hint|answer|verify|rollback   chaos drills (docs/drills.md)
     labctl slo render|check|write-tests   SLO rules from deploy/prometheus/slos.yaml (docs/slo.md)
+    labctl traces|trace|exemplars|logs    triage the native lab's telemetry (docs/triage.md)
 
 Argument parsing and output only: the work is in ``native``, ``compose``, ``drills`` and ``slo``.
 """
@@ -10,30 +11,24 @@ Argument parsing and output only: the work is in ``native``, ``compose``, ``dril
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import threading
 import time
 from pathlib import Path
 
 from labctl import compose, tables
-from labctl.config import COMPONENTS, REPO_ROOT, SERVICES, LabError, PortInUseError, Ports
+from labctl.config import REPO_ROOT, SERVICES, LabError, PortInUseError, Ports, lab_dir
 from labctl.drills import commands as drill_commands
 from labctl.native.binaries import ensure_binaries
 from labctl.native.components import ComponentStatus, total_rss
 from labctl.native.lab import NativeLab
 from labctl.slo import commands as slo_commands
+from labctl.triage import commands as triage_commands
 
 MODES = ("auto", "native", "compose")
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
-
-
-def _runtime_dir() -> Path:
-    raw = os.environ.get("LAB_DIR", "").strip()
-    return Path(raw).resolve() if raw else REPO_ROOT / "var" / "lab"
 
 
 def _display(path: Path) -> str:
@@ -55,7 +50,7 @@ def _pick_mode(requested: str, lab: NativeLab | None = None) -> str:
 
 
 def _lab(args: argparse.Namespace, ports: Ports | None = None, **kw: object) -> NativeLab:
-    return NativeLab(_runtime_dir(), ports, out=_say, **kw)  # type: ignore[arg-type]
+    return NativeLab(lab_dir(), ports, out=_say, **kw)  # type: ignore[arg-type]
 
 
 def format_table(rows: list[ComponentStatus]) -> str:
@@ -136,43 +131,6 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_logs(args: argparse.Namespace) -> int:
-    lab = _lab(args, Ports.from_env())
-    names = args.components or list(COMPONENTS)
-    unknown = sorted(set(names) - set(COMPONENTS))
-    if unknown:
-        raise LabError(f"unknown component(s) {', '.join(unknown)}; one of {', '.join(COMPONENTS)}")
-    existing = [n for n in names if lab.log_file(n).exists()]
-    if not existing:
-        _say(f"No logs in {_display(lab.runtime_dir / 'logs')} yet.")
-        return 0
-    for name in existing:
-        _say(f"==> {_display(lab.log_file(name))} <==")
-        _say(lab.log_tail(name, args.lines))
-    if not args.follow:
-        return 0
-    offsets = {n: lab.log_file(n).stat().st_size for n in existing}
-    pace = threading.Event()
-    try:
-        while True:  # interactive: runs until Ctrl-C
-            for name in existing:
-                path = lab.log_file(name)
-                size = path.stat().st_size if path.exists() else 0
-                if size < offsets[name]:
-                    offsets[name] = 0
-                if size > offsets[name]:
-                    with path.open("rb") as fh:
-                        fh.seek(offsets[name])
-                        chunk = fh.read().decode("utf-8", "replace")
-                    offsets[name] = size
-                    prefix = f"{name}: " if len(existing) > 1 else ""
-                    for line in chunk.splitlines():
-                        _say(prefix + line)
-            pace.wait(0.5)
-    except KeyboardInterrupt:
-        return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labctl",
@@ -194,11 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--mode", choices=MODES, default="auto")
         p.set_defaults(func=func)
-    logs = sub.add_parser("logs", help="show the last lines of each component's log")
-    logs.add_argument("components", nargs="*", help=f"any of: {' '.join(COMPONENTS)}")
-    logs.add_argument("-n", "--lines", type=int, default=20)
-    logs.add_argument("-f", "--follow", action="store_true")
-    logs.set_defaults(func=cmd_logs)
+    triage_commands.add_commands(sub)
     drill_commands.add_commands(sub)
     slo_commands.add_commands(sub)
     return parser

@@ -32,6 +32,12 @@ RECEIVER_DEFAULT_PORT = DEFAULT_PORTS["receiver"]
 PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
 
 
+def lab_dir() -> Path:
+    """The runtime folder of the lab ``make up`` runs: ``LAB_DIR``, default ``var/lab``."""
+    raw = os.environ.get("LAB_DIR", "").strip()
+    return Path(raw).resolve() if raw else REPO_ROOT / "var" / "lab"
+
+
 def loaded_rule_files(config: Path = PROMETHEUS_DIR / "prometheus.yml") -> list[Path]:
     """The rule files Prometheus loads: its ``rule_files`` globs, resolved as Prometheus does
     (against the folder of the config file), so every reader agrees with Prometheus itself."""

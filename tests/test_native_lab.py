@@ -5,6 +5,7 @@ Everything polls with a deadline; nothing sleeps to synchronise. Traffic goes to
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -203,3 +204,54 @@ def test_a_service_the_lab_lost_track_of_is_not_started_twice(
     said: list[str] = []
     assert restart_services(native_lab, ports, said.append) == []
     assert sum("still answers on port" in line for line in said) == len(SERVICES), said
+
+
+def test_every_link_the_status_table_prints_answers(native_lab: NativeLab) -> None:
+    """`make up` prints these: each must open, whatever UI this build of Prometheus and
+    Alertmanager has (Debian's: classic UI only, and no Alertmanager UI at all)."""
+    rows = [r for r in native_lab.status() if r.state == "ready"]
+    assert {r.name for r in rows} >= {*SERVICES, "prometheus", "alertmanager", "receiver"}
+    for row in rows:
+        assert row.url, row
+        resp = httpx.get(row.url, timeout=5, trust_env=False)
+        assert resp.status_code == 200, f"{row.name}: {row.url} answers {resp.status_code}"
+        if (
+            row.name == "alertmanager"
+            and "amtool"
+            in httpx.get(row.url.rsplit("/api/", 1)[0] + "/", timeout=5, trust_env=False).text
+        ):  # no UI in this build: the row says what to use instead
+            assert row.url.endswith("/api/v2/alerts") and "amtool --alertmanager.url" in row.what
+    prom = next(r for r in rows if r.name == "prometheus")
+    assert "alerts" in prom.url
+
+
+def test_a_checkouts_trace_id_comes_back_from_query_exemplars(native_lab: NativeLab) -> None:
+    """Exemplar storage is on: a latency series leads to a trace that the lab really recorded."""
+    query = 'http_request_duration_seconds_bucket{service="gateway", route="/api/checkout"}'
+
+    def exemplar_trace_ids() -> set[str] | None:
+        now = time.time()
+        body = get(native_lab, "prometheus", "/api/v1/query_exemplars", query=query,
+                   start=str(now - 300), end=str(now)).json()  # fmt: skip
+        assert body["status"] == "success", body
+        ids = {
+            e["labels"]["trace_id"]
+            for series in body["data"]
+            for e in series["exemplars"]
+            if "trace_id" in e["labels"]
+        }
+        return ids or None
+
+    ids = poll(exemplar_trace_ids, 60, "an exemplar on gateway's checkout latency")
+    spans = native_lab.runtime_dir / "traces" / "gateway.jsonl"
+
+    def recorded() -> str | None:
+        with spans.open("rb") as fh:
+            for line in fh:
+                span = json.loads(line)
+                if span["trace_id"] in ids and span["name"] == "POST /api/checkout":
+                    return span["trace_id"]
+        return None
+
+    assert all(len(i) == 32 for i in ids), ids
+    poll(recorded, 30, "the exemplar's trace in gateway's span file")

@@ -14,8 +14,8 @@ import time
 
 from pydantic import BaseModel, Field, ValidationError
 
-from labctl.config import REPO_ROOT, SERVICES, LabError
-from labctl.drills.common import DRILLS_VAR, find_drill, lab_dir, new_run_id, say
+from labctl.config import REPO_ROOT, SERVICES, LabError, lab_dir
+from labctl.drills.common import DRILLS_VAR, command, find_drill, new_run_id, say
 from labctl.drills.journal import Answer, Journal
 from labctl.drills.model import NO_INCIDENT, Drill, load_drills
 from labctl.drills.report import write_report
@@ -86,7 +86,10 @@ def pick(drills: dict[str, Drill], seed: int | None) -> Drill:
 def cmd_blind(args: argparse.Namespace) -> int:
     state = read_current()
     if state and not state.closed and not args.force:
-        raise LabError("a blind drill is still open: `answer` it first (or `blind --force`)")
+        raise LabError(
+            f"a blind drill is still open: `{command('answer')}` it first "
+            f"(or `{command('blind --force')}`)"
+        )
     drills = load_drills()
     drill = pick(drills, args.seed)
     lab = NativeLab(lab_dir(), out=say)
@@ -130,9 +133,11 @@ def cmd_blind(args: argparse.Namespace) -> int:
 def _open_state() -> tuple[BlindState, Drill]:
     state = read_current()
     if not state:
-        raise LabError("no blind drill: start one with `blind`")
+        raise LabError(f"no blind drill: start one with `{command('blind')}`")
     if state.closed:
-        raise LabError(f"the blind drill {state.run_id} is over; start another with `blind`")
+        raise LabError(
+            f"the blind drill {state.run_id} is over; start another with `{command('blind')}`"
+        )
     return state, find_drill(load_drills(), state.drill_id)
 
 

@@ -15,9 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-from labctl.config import SERVICES
+from labctl.config import SERVICES, lab_dir
 from labctl.drills.blind import cmd_answer, cmd_blind, cmd_hint
-from labctl.drills.common import find_drill, lab_dir, new_run_id, say
+from labctl.drills.common import find_drill, new_run_id, say
 from labctl.drills.execute import execute
 from labctl.drills.faults import FaultClient
 from labctl.drills.model import load_drills

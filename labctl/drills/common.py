@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from labctl.config import REPO_ROOT, LabError
 from labctl.drills.model import Drill
@@ -12,13 +11,23 @@ from labctl.drills.model import Drill
 DRILLS_VAR = REPO_ROOT / "var" / "drills"
 
 
+# The command to suggest, as the user would type it: the make target when run through make
+# (make exports MAKELEVEL to what it runs), else the labctl command.
+MAKE_TARGETS = {
+    "list": "make drills", "blind": "make blind", "blind --force": "make blind FORCE=1",
+    "answer": "make answer SERVICE=<service> KIND=<kind>", "hint": "make hint",
+}  # fmt: skip
+
+
+def command(name: str) -> str:
+    """``make blind`` under make, ``labctl drill blind`` otherwise."""
+    if os.environ.get("MAKELEVEL") and name in MAKE_TARGETS:
+        return MAKE_TARGETS[name]
+    return f"labctl drill {name}"
+
+
 def say(text: str) -> None:
     print(text, flush=True)
-
-
-def lab_dir() -> Path:
-    raw = os.environ.get("LAB_DIR", "").strip()
-    return Path(raw).resolve() if raw else REPO_ROOT / "var" / "lab"
 
 
 def new_run_id(blind: bool = False) -> str:
@@ -28,5 +37,7 @@ def new_run_id(blind: bool = False) -> str:
 
 def find_drill(drills: dict[str, Drill], drill_id: str) -> Drill:
     if drill_id not in drills:
-        raise LabError(f"no drill {drill_id!r}; `list` shows them: {', '.join(drills)}")
+        raise LabError(
+            f"no drill {drill_id!r}; `{command('list')}` shows them: {', '.join(drills)}"
+        )
     return drills[drill_id]

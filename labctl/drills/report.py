@@ -33,17 +33,21 @@ def plot(run_dir: Path, journal: Journal, series: dict[str, list[dict]]) -> Path
         return None
     t0 = journal.started_at
     fig, axes = plt.subplots(4, 1, figsize=(11, 11), sharex=True)
-    panels = [
-        ("error_ratio", "5xx ratio", "service", axes[0]),
-        ("p99", "p99 latency (s)", "service", axes[1]),
-        ("burn_rate", "burn rate (5m window)", "slo", axes[2]),
+    panels = [  # key, title, label, axis, the least top of the y axis
+        ("error_ratio", "5xx ratio", "service", axes[0], 0.05),
+        ("p99", "p99 latency (s)\ninterpolated in its bucket", "service", axes[1], 0.1),
+        ("burn_rate", "burn rate (5m window)", "slo", axes[2], 16.0),
     ]
-    for key, title, label, ax in panels:
+    for key, title, label, ax, least_top in panels:
+        peak = 0.0
         for s in series.get(key, []):
             points = [(float(t) - t0, float(v)) for t, v in s["values"] if v not in ("NaN",)]
             if points:
                 xs, ys = zip(*points, strict=True)
+                peak = max(peak, *ys)
                 ax.plot(xs, ys, label=_label(s["metric"], label), linewidth=1.2)
+        # From zero, and never a scale that turns a flat zero line into noise (-0.04…0.04).
+        ax.set_ylim(0, max(least_top, peak * 1.1))
         ax.set_ylabel(title)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left", ncol=3)

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labctl import tables
-from labctl.config import LabError, Ports
-from labctl.drills.common import DRILLS_VAR, find_drill, lab_dir, new_run_id, say
+from labctl.config import LabError, Ports, lab_dir
+from labctl.drills.common import DRILLS_VAR, find_drill, new_run_id, say
 from labctl.drills.execute import execute
 from labctl.drills.model import Drill, load_drills
 from labctl.drills.runner import RunResult

@@ -33,6 +33,22 @@ class Spec:
     ui_path: str = ""
     port_deps: tuple[str, ...] = ()  # their ports go into this one's config
     ready_deps: tuple[str, ...] = ()  # these must be healthy first
+    ui: UiProbe | None = None  # builds differ in their web UI: ask the running one
+
+
+@dataclass(frozen=True)
+class UiProbe:
+    """Which link to print for a component whose web UI depends on the build.
+
+    Debian's Prometheus 2.42 has only the classic UI (``/alerts`` is a 404, ``/classic/alerts``
+    works); Debian's Alertmanager has no UI at all (its page says to use amtool). The first of
+    ``paths`` that answers 200 without ``missing_text`` in its body wins, else ``fallback`` with
+    ``note`` (``{url}`` is the component's base URL)."""
+
+    paths: tuple[str, ...]
+    fallback: str
+    note: str = ""
+    missing_text: str = ""
 
 
 def _service(name: str) -> Builder:
@@ -95,6 +111,9 @@ def _prometheus(lab: NativeLab, port: int, known: Mapping[str, int]) -> Command:
         f"--storage.tsdb.path={rt / 'prometheus' / 'data'}",
         "--storage.tsdb.retention.time=7d",
         "--web.enable-lifecycle",
+        # The services attach trace ids to histogram observations: keep them, so a latency
+        # spike leads to its traces (`query_exemplars`, Grafana's exemplar dots in compose).
+        "--enable-feature=exemplar-storage",
     ]
     return argv + _web_flags(port), {}
 
@@ -113,7 +132,7 @@ def _locust(lab: NativeLab, port: int, known: Mapping[str, int]) -> Command:
 SPECS: dict[str, Spec] = {
     # A service starts once the ports of those it calls are known (services/topology.toml).
     **{
-        s.name: Spec(s.what, "/readyz", _service(s.name), port_deps=s.calls)
+        s.name: Spec(s.what, "/readyz", _service(s.name), "/docs", port_deps=s.calls)
         for s in topology.SERVICES_BY_NAME.values()
     },
     "receiver": Spec(
@@ -125,8 +144,20 @@ SPECS: dict[str, Spec] = {
         _alertmanager,
         "/",
         port_deps=("receiver",),
+        ui=UiProbe(
+            ("/",),
+            "/api/v2/alerts",
+            "no web UI in this build: amtool --alertmanager.url={url} alert query",
+            missing_text="does not include a web application",
+        ),
     ),
-    "prometheus": Spec("Prometheus: targets, rules, alerts", "/-/ready", _prometheus, "/alerts"),
+    "prometheus": Spec(
+        "Prometheus: targets, rules, alerts",
+        "/-/ready",
+        _prometheus,
+        "/alerts",
+        ui=UiProbe(("/alerts", "/classic/alerts"), "/api/v1/alerts"),
+    ),
     "locust": Spec(
         "Locust web UI: steady shopper traffic",
         "/",

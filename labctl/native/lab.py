@@ -483,18 +483,36 @@ class NativeLab:
             entry, proc = running[name]
             port = entry.get("port")
             healthy = bool(port) and self._healthy(name, port)
+            url, note = self._ui(name, port) if healthy else (None, "")
             rows.append(
                 ComponentStatus(
                     name=name,
                     state="ready" if healthy else "unhealthy",
                     pid=proc.pid,
                     port=port,
-                    url=f"http://{HOST}:{port}{spec.ui_path}" if port else None,
+                    url=url,
                     rss_bytes=procs.rss_bytes(proc),
-                    what=spec.what,
+                    what=spec.what + (f"; {note}" if note else ""),
                 )
             )
         return rows
+
+    def _ui(self, name: str, port: int) -> tuple[str, str]:
+        """The link to print for a running component, and a note when it has no web UI."""
+        base = f"http://{HOST}:{port}"
+        probe = SPECS[name].ui
+        if probe is None:
+            return base + SPECS[name].ui_path, ""
+        for path in probe.paths:
+            try:
+                resp = self._http.get(base + path)
+            except httpx.HTTPError:
+                continue
+            if resp.status_code == 200 and not (
+                probe.missing_text and probe.missing_text in resp.text
+            ):
+                return base + path, ""
+        return base + probe.fallback, probe.note.format(url=base)
 
     def processes(self) -> list[psutil.Process]:
         """Every live process of the lab (each component and its descendants)."""
