@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from labctl.config import COMPONENTS, DEFAULT_PORTS, LabError, Ports, port_env_name
@@ -293,3 +294,21 @@ def test_the_mode_is_decided_in_shell_before_any_python(tmp_path: Path) -> None:
     assert mode(MODE="auto", PATH=path).stdout.strip() == "native"
     (pids / "gateway.pid").unlink()
     assert mode(MODE="auto", PATH=path).stdout.strip() == "compose"
+
+
+def test_stopping_a_process_that_stays_a_zombie_of_another_parent_is_not_an_error() -> None:
+    """A service a drill runner restarted is the runner's child: killed, it stays a zombie until
+    the runner reaps it. `make down` found one and failed with "survived SIGKILL"."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, time; p = subprocess.Popen(['sleep', '60']);"
+         " print(p.pid, flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        child = psutil.Process(int(parent.stdout.readline()))
+        procs.stop([child], grace=1)  # the parent never reaps it
+        assert child.status() == psutil.STATUS_ZOMBIE
+        assert not procs.is_running(child)
+    finally:
+        parent.kill()
+        parent.wait(10)

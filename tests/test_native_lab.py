@@ -215,12 +215,13 @@ def test_every_link_the_status_table_prints_answers(native_lab: NativeLab) -> No
         assert row.url, row
         resp = httpx.get(row.url, timeout=5, trust_env=False)
         assert resp.status_code == 200, f"{row.name}: {row.url} answers {resp.status_code}"
-        if (
-            row.name == "alertmanager"
-            and "amtool"
-            in httpx.get(row.url.rsplit("/api/", 1)[0] + "/", timeout=5, trust_env=False).text
-        ):  # no UI in this build: the row says what to use instead
-            assert row.url.endswith("/api/v2/alerts") and "amtool --alertmanager.url" in row.what
+    home = httpx.get(native_lab.urls["alertmanager"] + "/", timeout=5, trust_env=False).text
+    alertmanager = next(r for r in rows if r.name == "alertmanager")
+    if "amtool" in home:  # a build without the UI (Debian's): the row says what to use instead
+        assert alertmanager.url.endswith("/api/v2/alerts"), alertmanager
+        assert "amtool --alertmanager.url" in alertmanager.what
+    else:
+        assert alertmanager.url.endswith("/"), alertmanager
     prom = next(r for r in rows if r.name == "prometheus")
     assert "alerts" in prom.url
 

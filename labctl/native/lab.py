@@ -508,9 +508,8 @@ class NativeLab:
                 resp = self._http.get(base + path)
             except httpx.HTTPError:
                 continue
-            if resp.status_code == 200 and not (
-                probe.missing_text and probe.missing_text in resp.text
-            ):
+            words = " ".join(resp.text.split())  # the page wraps its sentences anywhere
+            if resp.status_code == 200 and not (probe.missing_text and probe.missing_text in words):
                 return base + path, ""
         return base + probe.fallback, probe.note.format(url=base)
 

@@ -149,6 +149,9 @@ def stop(procs: Iterable[psutil.Process], grace: float) -> list[psutil.Process]:
         signal_group(proc, signal.SIGKILL)
     if alive:
         _, still = psutil.wait_procs(alive, timeout=5)
+        # A zombie is dead: only its parent can reap it (a service a drill runner restarted is
+        # the runner's child), so it is not one that "survived".
+        still = [p for p in still if is_running(p)]
         if still:
             pids = ", ".join(str(p.pid) for p in still)
             raise RuntimeError(f"processes {pids} survived SIGKILL")
