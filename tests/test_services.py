@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 
 import jwt
 import pytest
 
-from tests.support import fast_settings, in_process
+from tests.support import SERVICE_NAMES, fast_settings, in_process
 
 pytestmark = pytest.mark.anyio
 
@@ -324,6 +325,24 @@ async def test_unknown_route_and_method_use_the_error_model(shop):
     gw = shop["gateway"]
     assert_error(await gw.get("/api/nope"), 404, "not_found")
     assert_error(await gw.delete("/api/products"), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_api_docs_load_no_asset_from_outside(shop, page):
+    """Swagger UI and ReDoc work offline: every script, style and icon the page loads is served
+    by the service itself (FastAPI's default pages take them from a CDN)."""
+    for name in SERVICE_NAMES:
+        client = shop[name]
+        r = await client.get(page)
+        assert r.status_code == 200, (name, r.text)
+        assets = re.findall(r'(?:src|href)=["\']([^"\']+)["\']', r.text)
+        assert any(a.endswith(".js") for a in assets), (name, assets)
+        assert not [a for a in assets if "//" in a], f"{name}{page} loads from outside: {assets}"
+        for asset in assets:
+            got = await client.get(asset)
+            assert got.status_code == 200 and got.content, (name, asset, got.status_code)
+        spec = await client.get("/openapi.json")
+        assert spec.status_code == 200 and spec.json()["paths"], name
 
 
 async def test_payment_outage_fails_checkout_cleanly(shop, settings):

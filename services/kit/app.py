@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.metrics import NoOpMeterProvider
 from starlette.responses import Response
@@ -171,7 +172,9 @@ class Kit:
                 kit.tracer_provider.shutdown()
                 kit.log.info("service_stopped")
 
-        app = FastAPI(
+        # Swagger UI and ReDoc from the package's own copies of their assets: /docs works
+        # offline (FastAPI's default pages load them from a CDN).
+        app = FastAPIOffline(
             title=title,
             version=self.settings.service_version,
             lifespan=full_lifespan,
