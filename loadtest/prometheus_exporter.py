@@ -31,11 +31,13 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from services.kit.metrics import LATENCY_BUCKETS
+
 log = logging.getLogger("triagelab.loadtest.exporter")
 
-# Same buckets as the services' http_request_duration_seconds (docs/telemetry.md), so a
-# dashboard can put client-side and server-side latency of one route on the same axis.
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# The services' own buckets (docs/telemetry.md), so a dashboard can put client-side and
+# server-side latency of one route on the same axis.
+BUCKETS = LATENCY_BUCKETS
 
 OUTCOMES = ("success", "failure", "declined")
 DEFAULT_PORT = 8090

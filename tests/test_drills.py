@@ -38,8 +38,10 @@ from labctl.drills.prometheus import AlertRecord, AlertTracker
 from labctl.drills.runner import DrillRunner, interruptible
 from labctl.drills.scoring import WRONG_GUESS_COST, Guess, score
 from labctl.drills.verdict import evaluate, time_to_detect
+from labctl.slo.spec import load_spec
 from labctl.native.lab import NativeLab
 from services.fault_spec import FAULT_KINDS, MODELS, applies
+from services.kit.metrics import LATENCY_BUCKETS
 
 DRILLS = load_drills()
 REQUIRED = {
@@ -100,6 +102,32 @@ def test_the_no_incident_drill_injects_nothing_and_forbids_every_alert() -> None
     assert (drill.answer.service, drill.answer.kind) == (NO_INCIDENT, NO_INCIDENT)
     assert drill.silent_alerts == "others" and not drill.allowed_alerts
     assert all(drill.is_silent(name) for name in rule_alerts())
+
+
+def latency_bucket_width(seconds: float, edges: tuple[float, ...]) -> float:
+    """Width of the histogram bucket a latency of `seconds` lands in."""
+    upper = next(e for e in edges if e >= seconds)
+    return upper - max((e for e in edges if e < seconds), default=0.0)
+
+
+def test_latency_buckets_resolve_every_latency_fault_of_the_drills() -> None:
+    """A p99 read off the histogram lands near the injected latency: the bucket the fault falls
+    in is at most a third of the fault wide (one 1-2.5 s bucket read a 1.2 s fault as ~2.4 s)."""
+    faults = [
+        (drill.id, step.fault.ms / 1000)
+        for drill in DRILLS.values()
+        for step in drill.timeline
+        if step.kind == "latency"
+    ]
+    assert len(faults) >= 2, faults
+    for drill_id, seconds in faults:
+        width = latency_bucket_width(seconds, LATENCY_BUCKETS)
+        assert width <= seconds / 3, f"{drill_id}: {seconds}s falls in a {width:.2f}s bucket"
+    for slo in load_spec().slos:  # and a latency SLO's threshold is a bucket edge
+        if slo.sli.metric == "http_request_duration_seconds":
+            assert slo.sli.threshold in LATENCY_BUCKETS, slo.name
+    coarse = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+    assert latency_bucket_width(1.2, coarse) > 1.2 / 3  # the check fails on the old buckets
 
 
 def test_static_kind_rules_match_the_service_restrictions() -> None:
