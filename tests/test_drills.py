@@ -28,18 +28,20 @@ from labctl.drills.journal import DataCheck
 from labctl.drills.model import (
     NO_INCIDENT,
     Drill,
+    NativeStep,
     load_drill,
     load_drills,
     problems,
     rule_alerts,
     shapes,
 )
-from labctl.drills.prometheus import AlertRecord, AlertTracker
+from labctl.drills.native_steps import Window, check_metrics
+from labctl.drills.prometheus import AlertRecord, AlertTracker, Prometheus
 from labctl.drills.runner import DrillRunner, interruptible
 from labctl.drills.scoring import WRONG_GUESS_COST, Guess, score
 from labctl.drills.verdict import evaluate, time_to_detect
-from labctl.slo.spec import load_spec
 from labctl.native.lab import NativeLab
+from labctl.slo.spec import load_spec
 from services.fault_spec import FAULT_KINDS, MODELS, applies
 from services.kit.metrics import LATENCY_BUCKETS
 
@@ -158,7 +160,13 @@ expected_alerts:
   - {{alert: {alert}, within: 60}}
 answer: {{service: {service}, kind: {kind}}}
 hints: [{{text: h, cost: 5}}]
-debrief: {{summary: s, evidence: [{{kind: promql, where: w, what: x}}]}}
+debrief:
+  summary: s
+  evidence: [{{kind: promql, where: w, what: x}}]
+  native:
+    - {{pillar: metrics, run: up, finds: x}}
+    - {{pillar: traces, run: labctl traces, finds: x}}
+    - {{pillar: logs, run: labctl logs, finds: x}}
 """
 
 
@@ -465,6 +473,37 @@ def test_an_interrupted_drill_clears_its_faults(native_lab: NativeLab, tmp_path:
 
 
 @pytest.mark.integration
+def test_native_metrics_steps_are_valid_promql_and_their_check_can_fail(
+    native_lab: NativeLab,
+) -> None:
+    """Every drill's PromQL step is accepted by the real Prometheus; the check reads the peak of
+    each series over the window and fails on the wrong top labels, a low peak or a bad query."""
+    prom = Prometheus(native_lab.urls["prometheus"])
+    now = time.time()
+    window = Window(start=now - 60, end=now)
+    try:
+        for drill in DRILLS.values():
+            for native in drill.debrief.native:
+                if native.pillar == "metrics":
+                    body = prom.http.get("/api/v1/query", params={"query": native.run}).json()
+                    assert body["status"] == "success", (drill.id, native.run, body)
+        tagged = 'label_replace(vector(3), "service", "payment", "", "")'
+
+        def metric(run: str = tagged, **expect: object) -> NativeStep:
+            return NativeStep(pillar="metrics", run=run, finds="x", expect=expect)
+
+        ok, found = check_metrics(metric(top={"service": "payment"}, min_value=2), prom, window)
+        assert ok and "highest 3" in found, found
+        assert not check_metrics(metric(top={"service": "order"}), prom, window)[0]
+        assert not check_metrics(metric(min_value=4), prom, window)[0]
+        assert not check_metrics(metric(max_count=0), prom, window)[0]
+        ok, found = check_metrics(metric("sum(rate(x[1m]"), prom, window)
+        assert not ok and "refused" in found, found
+    finally:
+        prom.close()
+
+
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(1200)  # measured 11.2 min on 2 shared cores; CI budget is 20
 def test_verify_ci_subset_on_the_real_lab(tmp_path: Path) -> None:
@@ -485,6 +524,9 @@ def test_verify_ci_subset_on_the_real_lab(tmp_path: Path) -> None:
             run_dir = Path(row.run_dir)
             journal = json.loads((run_dir / "journal.json").read_text())
             assert journal["data_check"]["ok"] is True
+            # Each native step of the debrief ran against the lab and found what it says.
+            steps = len(DRILLS[row.drill].debrief.native)
+            assert row.steps == f"{steps}/{steps}" and len(journal["native"]) == steps, row
             assert (run_dir / "report.md").exists() and (run_dir / "report.png").exists()
         # The crash drill restarted order on its old port: the lab is whole again.
         assert all(s in lab.urls for s in SERVICES)

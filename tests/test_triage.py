@@ -11,10 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from labctl import cli
+from labctl.config import LabError
+from labctl.drills.model import PILLARS, Debrief, NativeStep, load_drills
+from labctl.drills.native_steps import Window, check_logs, check_traces, command_line, parse
 from labctl.triage import commands
-from labctl.triage.logs import LogFilter, last, merged
+from labctl.triage.logs import LogFilter, last, merged, parse_where
 from labctl.triage.spans import TraceFilter, children, find_traces, trace_spans
 
 T0 = 1_796_000_000 * 10**9  # ns
@@ -66,7 +70,7 @@ def lab(tmp_path: Path) -> Path:
         json.dumps({"event": "order_created", "level": "info", "timestamp": f"{t}.100000Z",
                     "service": "order", "trace_id": SLOW, "order_id": "ord_1"}),
         json.dumps({"event": "charge_failed", "level": "error", "timestamp": f"{t}.300000Z",
-                    "service": "order", "trace_id": FAILED,
+                    "service": "order", "trace_id": FAILED, "duration_ms": 250.5,
                     "exception": "Traceback...\nTimeoutError: charge timed out"}),
         "INFO: a line that is not JSON",
     ]) + "\n")  # fmt: skip
@@ -89,11 +93,13 @@ def test_traces_are_listed_slowest_first_and_each_filter_drops_what_it_should(la
         "errors": TraceFilter(errors_only=True),
         "min_ms": TraceFilter(min_ms=1000),
         "since": TraceFilter(since_ns=T0 + 2_500 * 10**6),
+        "status": TraceFilter(status="5.."),
+        "status 2xx": TraceFilter(status="20."),
     }
     found = {k: [t.trace_id for t in find_traces(lab / "traces", f, 10)] for k, f in pick.items()}
     assert found == {
         "service": [SLOW], "route": [SLOW, FAILED], "errors": [FAILED], "min_ms": [SLOW],
-        "since": [FAST],
+        "since": [FAST], "status": [FAILED], "status 2xx": [SLOW, FAST],
     }  # fmt: skip
     assert [t.trace_id for t in find_traces(lab / "traces", TraceFilter(), 1)] == [SLOW]
 
@@ -138,6 +144,15 @@ def test_logs_merge_the_components_in_time_order_and_filter(lab: Path, capsys) -
         "order_created"
     ]
     assert len(last(merged(files), LogFilter(), 2)) == 2
+    by_field = LogFilter(where=parse_where(["order_id=ord_.*", "service=order"]))
+    assert [line.event for line in last(merged(files), by_field, 0)] == ["order_created"]
+    assert last(merged(files), LogFilter(where=parse_where(["order_id=ord_"])), 0) == []  # whole
+    assert [line.event for line in last(merged(files), LogFilter(min_ms=200), 0)] == [
+        "charge_failed"
+    ]
+    assert last(merged(files), LogFilter(min_ms=300), 0) == []
+    with pytest.raises(ValueError, match="FIELD=REGEX"):
+        parse_where(["status"])
     assert cli.main(["logs", "order", "--lab-dir", str(lab), "--level", "error"]) == 0
     out = capsys.readouterr().out
     assert "charge_failed" in out and "TimeoutError: charge timed out" in out
@@ -152,3 +167,73 @@ def test_times_read_as_a_user_writes_them() -> None:
     assert commands.parse_time(None) is None
     with pytest.raises(cli.LabError, match="not a time"):
         commands.parse_time("yesterday")
+
+
+# ------------------------------------------------------------- a debrief's native steps
+
+
+WINDOW = Window(start=T0 / 1e9 - 1, end=T0 / 1e9 + 10)
+
+
+def step(pillar: str, run: str, **expect) -> NativeStep:
+    return NativeStep(pillar=pillar, run=run, finds="what the debrief promises", expect=expect)
+
+
+def test_a_native_trace_step_finds_what_it_says_and_fails_when_it_does_not(lab: Path) -> None:
+    slow_charge = {"service": "payment", "name": "^POST /payments/charge$", "min_ms": 1000}
+    ok, found = check_traces(step("traces", "labctl traces --route '^/api/checkout'",
+                                  span=slow_charge), lab, WINDOW)  # fmt: skip
+    assert ok, found
+    assert SLOW in found  # the slowest trace is the one it looked into
+    for expect in (
+        {"span": {**slow_charge, "min_ms": 2000}},  # no charge that slow
+        {"span": {**slow_charge, "error": True}},  # the slow charge did not fail
+        {"min_count": 3},  # only two checkouts
+        {"max_count": 0},  # "nothing" is not what is there
+    ):
+        ok, found = check_traces(step("traces", "labctl traces --route '^/api/checkout'",
+                                      **expect), lab, WINDOW)  # fmt: skip
+        assert not ok, (expect, found)
+    failed = {"service": "order", "error": True}
+    assert check_traces(step("traces", "labctl traces --status '5..'", span=failed), lab, WINDOW)[0]
+    late = Window(start=T0 / 1e9 + 5, end=T0 / 1e9 + 10)  # the window is the run's, not all time
+    assert not check_traces(step("traces", "labctl traces"), lab, late)[0]
+
+
+def test_a_native_log_step_counts_the_lines_the_command_prints(lab: Path) -> None:
+    assert check_logs(step("logs", "labctl logs order --level error"), lab, WINDOW) == (
+        True, "1 line(s) (expected ≥ 1)",
+    )  # fmt: skip
+    assert not check_logs(step("logs", "labctl logs order --level error", max_count=0), lab,
+                          WINDOW)[0]  # fmt: skip
+    assert not check_logs(step("logs", "labctl logs order --where 'status=5..'"), lab, WINDOW)[0]
+    with pytest.raises(LabError, match="not a valid command"):
+        parse(step("logs", "labctl logs --no-such-option"), lab, WINDOW)
+
+
+def test_every_drill_has_a_native_step_per_pillar_that_the_commands_accept(tmp_path: Path) -> None:
+    for drill in load_drills().values():
+        assert {s.pillar for s in drill.debrief.native} == set(PILLARS), drill.id
+        for native in drill.debrief.native:
+            if native.pillar != "metrics":
+                parse(native, tmp_path, WINDOW)  # raises on an option the command lacks
+                assert command_line(native, WINDOW).startswith(native.run + " --since ")
+
+
+def test_a_debrief_without_a_pillar_or_with_a_misfiled_step_is_refused() -> None:
+    metrics = {"pillar": "metrics", "run": "up", "finds": "x"}
+    traces = {"pillar": "traces", "run": "labctl traces", "finds": "x"}
+    logs = {"pillar": "logs", "run": "labctl logs", "finds": "x"}
+    Debrief(summary="s", evidence=[EVIDENCE], native=[metrics, traces, logs])
+    for native, why in (
+        ([metrics, traces, traces], "no native step for logs"),
+        ([metrics, {**traces, "run": "labctl logs"}, logs], "runs `labctl traces"),
+        ([metrics, {**traces, "run": "labctl traces --since 5m"}, logs], "the run's"),
+        ([{**metrics, "run": "labctl traces"}, traces, logs], "PromQL"),
+        ([metrics, {**logs, "expect": {"top": {"service": "x"}}}, traces], "metrics steps"),
+    ):
+        with pytest.raises(ValidationError, match=why):
+            Debrief(summary="s", evidence=[EVIDENCE], native=native)
+
+
+EVIDENCE = {"kind": "promql", "where": "Prometheus", "what": "up"}

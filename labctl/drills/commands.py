@@ -3,7 +3,8 @@
 Commands: ``list``, ``run <id>`` (progress, journal, report), ``blind [--seed N]`` (a random
 drill in the background, its name hidden), ``hint``, ``answer --service X --kind Y`` (scored),
 ``verify [--only a,b]`` (every drill's expected alerts fire within bound, nothing else fires,
-no data lost; a table and exit 1 on any failure).
+no data lost, every native debrief step finds what it says; a table and exit 1 on any
+failure), ``steps [run]`` (a finished run's native debrief steps, run again).
 
 ``run``/``blind`` use the lab in ``LAB_DIR`` (default var/lab, what ``make up`` started);
 ``verify`` starts its own lab on free ports in var/drills/lab unless ``--use-running``.
@@ -15,12 +16,15 @@ import argparse
 import json
 from pathlib import Path
 
-from labctl.config import SERVICES, lab_dir
+from labctl.config import SERVICES, LabError, lab_dir
 from labctl.drills.blind import cmd_answer, cmd_blind, cmd_hint
-from labctl.drills.common import find_drill, new_run_id, say
+from labctl.drills.common import DRILLS_VAR, command, find_drill, new_run_id, say
 from labctl.drills.execute import execute
 from labctl.drills.faults import FaultClient
+from labctl.drills.journal import Journal
 from labctl.drills.model import load_drills
+from labctl.drills.native_steps import check_steps, window_of
+from labctl.drills.prometheus import Prometheus
 from labctl.drills.restart import restart_services
 from labctl.drills.verify import cmd_verify
 from labctl.native.lab import NativeLab
@@ -70,6 +74,34 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_steps(args: argparse.Namespace) -> int:
+    """The debrief's native steps of a finished run, each run again against the lab now."""
+    runs = sorted(
+        (p for p in DRILLS_VAR.glob("*") if (p / "journal.json").exists()),
+        key=lambda p: (p / "journal.json").stat().st_mtime,
+    )
+    if args.run:
+        runs = [DRILLS_VAR / args.run]
+    journal = Journal.read(runs[-1]) if runs else None
+    if journal is None:
+        raise LabError(f"no finished run {args.run or ''} in {DRILLS_VAR}".replace("  ", " "))
+    if journal.drill is None:
+        raise LabError(f"{journal.run_id} is a blind drill not answered yet: {command('answer')}")
+    drill = find_drill(load_drills(), journal.drill)
+    urls = journal.lab.get("urls", {})
+    prom = Prometheus(urls.get("prometheus", ""))
+    try:
+        window = window_of(drill, journal.started_at, journal.load_ended_at)
+        results = check_steps(drill, Path(journal.lab["runtime_dir"]), prom, window)
+    finally:
+        prom.close()
+    say(f"{journal.run_id} ({drill.id}): the debrief's native steps, run now")
+    for step, result in zip(drill.debrief.native, results, strict=True):
+        say(f"\n[{step.pillar}] {result.command}\n  shows: {step.finds}")
+        say(f"  found: {result.found} -> {'ok' if result.ok else 'NOT FOUND'}")
+    return 0 if all(r.ok for r in results) else 1
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """``labctl drill <command>`` in the one command line (labctl.cli)."""
     parser = sub.add_parser("drill", help="chaos drills: list, run, blind, hint, answer, verify")
@@ -96,5 +128,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ver.add_argument("--use-running", action="store_true", help="use the lab in LAB_DIR")
     ver.add_argument("--keep-lab", action="store_true", help="leave verify's own lab running")
     ver.set_defaults(func=cmd_verify)
+    steps = sub.add_parser("steps", help="a finished run's native debrief steps, run again")
+    steps.add_argument("run", nargs="?", help="run id (a folder in var/drills; default: latest)")
+    steps.set_defaults(func=cmd_steps)
     rollback = sub.add_parser("rollback", help="clear all faults, restart crashed services")
     rollback.set_defaults(func=cmd_rollback)

@@ -71,6 +71,15 @@ class ExpectedResult(_Record):
     ok: bool
 
 
+class StepResult(_Record):
+    """One native step of the debrief after the run: did it find what the debrief says?"""
+
+    pillar: str
+    command: str = Field(description="what the trainee types, with the run's window")
+    ok: bool
+    found: str
+
+
 class Answer(_Record):
     guesses: list[dict[str, Any]]
     hints: list[dict[str, Any]]
@@ -97,6 +106,9 @@ class Journal(BaseModel):
     verdict: str
     failures: list[str] = Field(default_factory=list)
     expected: list[ExpectedResult] = Field(default_factory=list)
+    native: list[StepResult] = Field(
+        default_factory=list, description="the debrief's native steps, checked (not in blind runs)"
+    )
     time_to_detect: float | None = None
     answer: Answer | None = None
     score: Score | None = None

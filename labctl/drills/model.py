@@ -78,9 +78,73 @@ class Evidence(_Strict):
     what: str = Field(min_length=1, description="what to see there")
 
 
+PILLARS = ("metrics", "traces", "logs")
+NATIVE_COMMANDS = {"traces": "labctl traces", "logs": "labctl logs"}
+"""The command a native step of each pillar runs; a metrics step is a PromQL expression."""
+
+
+class SpanLike(_Strict):
+    """A span the slowest listed trace must hold."""
+
+    service: str
+    name: str | None = Field(None, description="a regex on the span's name")
+    min_ms: float = Field(0.0, ge=0)
+    error: bool | None = Field(None, description="failed (true) or not (false); None: either")
+
+
+class NativeExpect(_Strict):
+    """What a native step finds, as a check: counts are series (metrics), traces or log lines."""
+
+    min_count: int = Field(1, ge=0)
+    max_count: int | None = Field(None, ge=0)
+    top: dict[str, str] = Field(
+        default_factory=dict, description="metrics: the series with the highest peak has these"
+    )
+    min_value: float | None = Field(None, description="metrics: that peak is at least this")
+    span: SpanLike | None = Field(None, description="traces: the slowest trace holds such a span")
+
+
+class NativeStep(_Strict):
+    """One step a trainee can follow on the native lab, checked after every verify run."""
+
+    pillar: Literal["metrics", "traces", "logs"]
+    run: str = Field(
+        min_length=1,
+        description="metrics: a PromQL expression; traces/logs: a `labctl traces|logs` command "
+        "without --since/--until (the report adds the run's window)",
+    )
+    finds: str = Field(min_length=1, description="what the trainee sees")
+    expect: NativeExpect = Field(default_factory=NativeExpect)
+
+    @model_validator(mode="after")
+    def _fits_its_pillar(self) -> NativeStep:
+        command = NATIVE_COMMANDS.get(self.pillar)
+        if command and not self.run.startswith(command + " ") and self.run != command:
+            raise ValueError(f"a {self.pillar} step runs `{command} ...`, not {self.run!r}")
+        if self.pillar == "metrics" and self.run.startswith("labctl"):
+            raise ValueError("a metrics step is a PromQL expression")
+        if ("--since" in self.run or "--until" in self.run) and command:
+            raise ValueError("the window is the run's: leave --since/--until out")
+        if self.pillar != "metrics" and (self.expect.top or self.expect.min_value is not None):
+            raise ValueError("top and min_value check metrics steps only")
+        if self.pillar != "traces" and self.expect.span is not None:
+            raise ValueError("span checks traces steps only")
+        return self
+
+
 class Debrief(_Strict):
     summary: str = Field(min_length=1)
     evidence: list[Evidence] = Field(min_length=1)
+    native: list[NativeStep] = Field(
+        min_length=len(PILLARS), description="at least one step per pillar on the native lab"
+    )
+
+    @model_validator(mode="after")
+    def _every_pillar(self) -> Debrief:
+        missing = [p for p in PILLARS if all(s.pillar != p for s in self.native)]
+        if missing:
+            raise ValueError(f"no native step for {', '.join(missing)}")
+        return self
 
 
 class AnswerKey(_Strict):

@@ -65,7 +65,10 @@ class Prometheus:
             self._for = found
         return self._for
 
-    def query_range(self, expr: str, start: float, end: float, step: float = 5.0) -> list[dict]:
+    def query_range(
+        self, expr: str, start: float, end: float, step: float = 5.0, *, strict: bool = False
+    ) -> list[dict]:
+        """The series of a range query; a refused query gives [] (``strict``: ValueError)."""
         resp = self.http.get(
             "/api/v1/query_range",
             params={"query": expr, "start": start, "end": end, "step": step},
@@ -73,6 +76,8 @@ class Prometheus:
         )
         body = resp.json()
         if body.get("status") != "success":
+            if strict:
+                raise ValueError(f"Prometheus refused the query: {body.get('error', body)}")
             return []
         return body["data"]["result"]
 

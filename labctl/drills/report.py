@@ -16,6 +16,7 @@ import jinja2
 from labctl import tables
 from labctl.drills.journal import Journal
 from labctl.drills.model import Drill
+from labctl.drills.native_steps import command_line, window_of
 
 
 def _label(metric: dict[str, str], key: str) -> str:
@@ -96,6 +97,20 @@ _TEMPLATES = jinja2.Environment(
 _TEMPLATES.filters["secs"] = _secs
 
 
+def native_table(drill: Drill, journal: Journal) -> str:
+    """The debrief's native steps for this run's window, with what each found when checked."""
+    window = window_of(drill, journal.started_at, journal.load_ended_at)
+    checked = {r.command: r for r in journal.native}
+    rows = []
+    for step in drill.debrief.native:
+        command = command_line(step, window)
+        result = checked.get(command)
+        found = "(not checked: blind run)" if result is None else result.found
+        mark = "" if result is None else ("yes" if result.ok else "NO")
+        rows.append((step.pillar, f"`{command}`", step.finds, found, mark))
+    return tables.markdown(("pillar", "run", "shows", "found in this run", "ok"), rows)
+
+
 def write_report(
     run_dir: Path, drill: Drill, journal: Journal, series: dict[str, list[dict]]
 ) -> Path:
@@ -131,7 +146,7 @@ def write_report(
     )  # fmt: skip
     text = _TEMPLATES.get_template("report.md.j2").render(
         drill=drill, j=journal, timeline=timeline, expected=expected, fired=fired,
-        image=image.name if image else None,
+        native=native_table(drill, journal), image=image.name if image else None,
     )  # fmt: skip
     path = run_dir / "report.md"
     path.write_text(text, encoding="utf-8")

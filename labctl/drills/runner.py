@@ -23,9 +23,10 @@ import httpx
 from labctl.config import HTTP_TIMEOUT, SERVICES, LabError
 from labctl.drills.data_check import accepted_orders, check_data, wait_and_fetch
 from labctl.drills.faults import FaultClient
-from labctl.drills.journal import DataCheck, FaultWindow, Journal, Notification
+from labctl.drills.journal import DataCheck, FaultWindow, Journal, Notification, StepResult
 from labctl.drills.locust import Locust
 from labctl.drills.model import Drill, FaultStep
+from labctl.drills.native_steps import check_steps, window_of
 from labctl.drills.prometheus import AlertTracker, Prometheus
 from labctl.drills.restart import restart_services
 from labctl.drills.verdict import evaluate, time_to_detect
@@ -185,10 +186,15 @@ class DrillRunner:
                 except Stop:
                     interrupted = True
                     data = DataCheck(ok=None, skipped="interrupted during the data check")
+            native: list[StepResult] = []
+            if not (interrupted or error or self.blind):  # blind: the steps name the answer
+                native = check_steps(
+                    drill, self.lab.runtime_dir, self.prom, window_of(drill, t0, load_end)
+                )
             tracker.poll()
             end = time.time()
             tracker.close(end)
-        verdict, failures, rows = evaluate(drill, tracker, t0, data, interrupted, error)
+        verdict, failures, rows = evaluate(drill, tracker, t0, data, interrupted, error, native)
         journal = Journal(
             run_id=self.run_dir.name,
             drill=drill.id if not self.blind else None,
@@ -211,6 +217,7 @@ class DrillRunner:
             verdict=verdict,
             failures=failures,
             expected=rows,
+            native=native,
             time_to_detect=time_to_detect(drill, tracker, t0),
         )
         return RunResult(drill, self.run_dir, journal, tracker, self._series(t0, end))

@@ -3,7 +3,9 @@ alerts and the data check."""
 
 from __future__ import annotations
 
-from labctl.drills.journal import DataCheck, ExpectedResult
+from collections.abc import Sequence
+
+from labctl.drills.journal import DataCheck, ExpectedResult, StepResult
 from labctl.drills.model import Drill
 from labctl.drills.prometheus import AlertRecord, AlertTracker
 
@@ -19,8 +21,12 @@ def evaluate(
     data: DataCheck,
     interrupted: bool,
     error: str | None,
+    native: Sequence[StepResult] = (),
 ) -> tuple[str, list[str], list[ExpectedResult]]:
-    """PASS/FAIL with reasons, and one row per expected alert (fired? after how long?)."""
+    """PASS/FAIL with reasons, and one row per expected alert (fired? after how long?).
+
+    A native step of the debrief that did not find what it says fails the run too: the
+    debrief is part of what a drill promises."""
     failures: list[str] = []
     rows = []
     start = t0 + (drill.fault_start or 0)
@@ -50,6 +56,11 @@ def evaluate(
             failures.append(f"forbidden alert fired: {record.name} {_brief(record.labels)}")
     if data.ok is False:
         failures += [f"data check: {p}" for p in data.problems]
+    failures += [
+        f"debrief step ({step.pillar}) `{step.command}` found {step.found}"
+        for step in native
+        if not step.ok
+    ]
     if interrupted:
         failures.append("interrupted")
     if error:

@@ -1,5 +1,5 @@
 """``labctl drill verify``: every drill on its own lab; expected alerts within bound, nothing else
-firing, no data lost."""
+firing, no data lost, and every native step of its debrief finds what it says."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class VerifyRow:
     detect: str = "—"
     bounds: str = "—"
     data: str = "—"
+    steps: str = "—"
     run_dir: str = ""
 
     @classmethod
@@ -49,6 +50,7 @@ class VerifyRow:
             or "—",
             bounds=", ".join(f"{e.within:.0f}s" for e in expected) or "—",
             data="ok" if result.journal.data_check.ok else "FAIL",
+            steps=f"{sum(r.ok for r in result.journal.native)}/{len(drill.debrief.native)}",
             run_dir=str(result.run_dir),
         )
 
@@ -87,8 +89,11 @@ def verify(
 
 
 def table(rows: list[VerifyRow]) -> str:
-    header = ("drill", "expected", "fired", "time to detect", "bound", "data", "verdict")
-    cells = ((r.drill, r.expected, r.fired, r.detect, r.bounds, r.data, r.verdict) for r in rows)
+    header = ("drill", "expected", "fired", "time to detect", "bound", "data", "debrief steps",
+              "verdict")  # fmt: skip
+    cells = (
+        (r.drill, r.expected, r.fired, r.detect, r.bounds, r.data, r.steps, r.verdict) for r in rows
+    )
     lines = [tables.markdown(header, cells)]
     lines += [f"- {row.drill}: {failure}" for row in rows for failure in row.failures]
     return "\n".join(lines)

@@ -29,7 +29,14 @@ from rich.tree import Tree
 from labctl.config import COMPONENTS, HTTP_TIMEOUT, LabError, lab_dir
 from labctl.native.lab import NativeLab
 from labctl.triage import logs as logfiles
-from labctl.triage.spans import Span, TraceFilter, children, find_traces, trace_spans
+from labctl.triage.spans import (
+    Span,
+    TraceFilter,
+    TraceSummary,
+    children,
+    find_traces,
+    trace_spans,
+)
 
 # Piped or captured output is not cut to 80 columns: a trace id must survive `| grep`.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
@@ -68,14 +75,20 @@ def _trace_dir(args: argparse.Namespace) -> Path:
 # ---------------------------------------------------------------------------- traces
 
 
-def cmd_traces(args: argparse.Namespace) -> int:
+def select_traces(args: argparse.Namespace) -> list[TraceSummary]:
+    """The traces ``labctl traces`` lists for these arguments, slowest first."""
     since = parse_time(args.since)
     until = parse_time(args.until)
     where = TraceFilter(
-        service=args.service, route=args.route, errors_only=args.errors, min_ms=args.min_ms,
+        service=args.service, route=args.route, errors_only=args.errors, status=args.status,
+        min_ms=args.min_ms,
         since_ns=int((since or 0) * 1e9), until_ns=None if until is None else int(until * 1e9),
     )  # fmt: skip
-    found = find_traces(_trace_dir(args), where, args.limit)
+    return find_traces(_trace_dir(args), where, args.limit)
+
+
+def cmd_traces(args: argparse.Namespace) -> int:
+    found = select_traces(args)
     if not found:
         console.print("No trace matches.")
         return 1
@@ -126,8 +139,12 @@ def render_tree(spans: list[Span]) -> Tree:
     return top
 
 
+def spans_of(args: argparse.Namespace, trace_id: str) -> list[Span]:
+    return trace_spans(_trace_dir(args), trace_id.lower())
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
-    spans = trace_spans(_trace_dir(args), args.trace_id.lower())
+    spans = spans_of(args, args.trace_id)
     if not spans:
         raise LabError(f"no spans of trace {args.trace_id} in the lab's span files")
     console.print(render_tree(spans))
@@ -199,7 +216,8 @@ def format_line(line: logfiles.LogLine, many: bool) -> str:
     return text
 
 
-def cmd_logs(args: argparse.Namespace) -> int:
+def log_files(args: argparse.Namespace) -> dict[str, Path]:
+    """The log file of each component asked for (all by default) that exists."""
     names = args.components or list(COMPONENTS)
     unknown = sorted(set(names) - set(COMPONENTS))
     if unknown:
@@ -207,13 +225,32 @@ def cmd_logs(args: argparse.Namespace) -> int:
     lab = NativeLab(args.lab_dir or lab_dir(), out=lambda _line: None)
     files = {n: lab.log_file(n) for n in names if lab.log_file(n).exists()}
     lab.close()
+    return files
+
+
+def log_filter(args: argparse.Namespace) -> logfiles.LogFilter:
+    try:
+        where = logfiles.parse_where(args.where)
+    except (ValueError, re.error) as exc:
+        raise LabError(str(exc)) from None
+    return logfiles.LogFilter(
+        level=args.level, event=args.event, trace_id=args.trace,
+        since=parse_time(args.since) or 0.0, until=parse_time(args.until),
+        where=where, min_ms=args.min_ms,
+    )  # fmt: skip
+
+
+def select_logs(args: argparse.Namespace) -> list[logfiles.LogLine]:
+    """The lines ``labctl logs`` prints for these arguments (without --follow)."""
+    return logfiles.last(logfiles.merged(log_files(args)), log_filter(args), args.lines)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    files = log_files(args)
     if not files:
         console.print(f"No logs in {Path(args.lab_dir or lab_dir()) / 'logs'} yet.")
         return 0
-    where = logfiles.LogFilter(
-        level=args.level, event=args.event, trace_id=args.trace,
-        since=parse_time(args.since) or 0.0, until=parse_time(args.until),
-    )  # fmt: skip
+    where = log_filter(args)
     many = len(files) > 1
 
     def show(line: logfiles.LogLine) -> None:
@@ -222,7 +259,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         else:
             console.print(format_line(line, many))
 
-    for line in logfiles.last(logfiles.merged(files), where, args.lines):
+    for line in select_logs(args):
         show(line)
     if args.follow:
         _follow(files, where, show)
@@ -269,6 +306,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     traces.add_argument("--service", help="traces with a span of this service")
     traces.add_argument("--route", help="a regex on the root span's route")
     traces.add_argument("--errors", action="store_true", help="only traces with a failed span")
+    traces.add_argument("--status", help="a regex on the root's HTTP status: 401, 5..")
     traces.add_argument("--min-ms", type=float, default=0.0, help="root span at least this long")
     traces.add_argument("--limit", type=int, default=20, help="how many, slowest first")
     traces.set_defaults(func=cmd_traces)
@@ -292,6 +330,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     logs.add_argument("--level", choices=logfiles.LEVELS, help="this level or worse")
     logs.add_argument("--event", help="a regex on the event / message")
     logs.add_argument("--trace", help="only lines of this trace id")
+    logs.add_argument(
+        "--where", action="append", metavar="FIELD=REGEX",
+        help="a field's whole value matches: status=5.. (repeat for more)",
+    )  # fmt: skip
+    logs.add_argument("--min-ms", type=float, help="request lines at least this slow")
     logs.add_argument("--json", action="store_true", help="the raw JSON lines")
     logs.add_argument("-f", "--follow", action="store_true", help="then follow (Ctrl-C ends)")
     logs.set_defaults(func=cmd_logs)

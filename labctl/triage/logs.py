@@ -81,6 +81,8 @@ class LogFilter:
     trace_id: str | None = None
     since: float = 0.0
     until: float | None = None
+    where: tuple[tuple[str, str], ...] = ()  # (field, regex the whole value must match)
+    min_ms: float | None = None  # request lines at least this slow (their duration_ms)
 
     def keeps(self, line: LogLine) -> bool:
         if self.level and line.rank() < LEVELS.index(self.level):
@@ -89,9 +91,30 @@ class LogFilter:
             return False
         if self.trace_id and line.trace_id != self.trace_id:
             return False
+        for key, pattern in self.where:
+            if key not in line.fields or not re.fullmatch(pattern, str(line.fields[key])):
+                return False
+        if self.min_ms is not None and not _at_least(line.fields.get("duration_ms"), self.min_ms):
+            return False
         if line.ts < self.since:
             return False
         return self.until is None or line.ts <= self.until
+
+
+def _at_least(value: Any, bound: float) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= bound
+
+
+def parse_where(items: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """``status=5..`` → (``status``, ``5..``); a clear error for an item without ``=``."""
+    out = []
+    for item in items or ():
+        key, sep, pattern = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--where takes FIELD=REGEX, not {item!r}")
+        re.compile(pattern)
+        out.append((key, pattern))
+    return tuple(out)
 
 
 def merged(files: dict[str, Path]) -> Iterator[LogLine]:

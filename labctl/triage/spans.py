@@ -101,6 +101,7 @@ class TraceFilter:
     service: str | None = None  # some span of the trace is this service's
     route: str | None = None  # a regex on the root span's route or name
     errors_only: bool = False
+    status: str | None = None  # a regex on the root span's HTTP status: 401, 5..
     min_ms: float = 0.0
     since_ns: int = 0
     until_ns: int | None = None
@@ -113,6 +114,8 @@ class TraceFilter:
         if self.route and not re.search(self.route, t.root.route):
             return False
         if self.errors_only and not t.errors:
+            return False
+        if self.status and not re.fullmatch(self.status, str(t.root.http_status or "")):
             return False
         if t.duration_ms < self.min_ms:
             return False
