@@ -17,7 +17,8 @@ bootstrap: ## Install uv (if missing: pipx, else a venv of its own) and the lock
 
 .PHONY: system-deps
 system-deps: ## Install Prometheus, Alertmanager, docker-compose, wrk, PostgreSQL (Debian, as root)
-	@missing=""; for b in prometheus promtool alertmanager amtool docker-compose wrk; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	@missing=""; for b in prometheus promtool amtool docker-compose wrk; do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	command -v alertmanager >/dev/null || command -v prometheus-alertmanager >/dev/null || missing="$$missing alertmanager"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing initdb"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
