@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 from collections.abc import MutableMapping
@@ -14,70 +13,36 @@ import structlog
 from opentelemetry import trace
 
 from .context import correlation_id_var
+from .redact import REDACTED, redact_any, redact_key, redact_text
 
-# Keys whose values never reach a log line (card_last4 is fine: it is not a secret).
-_SECRET_KEYS = re.compile(
-    r"pass(word|wd)?$|secret|token|authori[sz]ation|cookie|api[_-]?key|card_?number|cvc|cvv|^pan$",
-    re.I,
-)
-# 13-19 digits, optionally split by spaces or dashes: a card number (PAN).
-_PAN = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
-# JWTs and bearer credentials that slip into free text.
-_JWT = re.compile(r"\beyJ[\w-]+\.[\w-]+\.[\w-]*")
-_BEARER = re.compile(r"(?i)\bbearer\s+[\w.~+/=-]+")
-REDACTED = "[REDACTED]"
+__all__ = ["REDACTED", "configure_logging", "get_logger", "redact", "redact_value"]
 
+redact_value = redact_text  # the old name: mask secrets in one piece of free text
 
-# Key names seen so far -> whether they name a secret (a service logs a small, fixed set).
-_secret_key_cache: dict[str, bool] = {}
-
-
-def _is_secret_key(key: str) -> bool:
-    hit = _secret_key_cache.get(key)
-    if hit is None:
-        hit = _SECRET_KEYS.search(key) is not None
-        if len(_secret_key_cache) < 4096:
-            _secret_key_cache[key] = hit
-    return hit
-
-
-def redact_value(value: str) -> str:
-    """Mask card numbers and tokens inside free text (messages, exception strings)."""
-    if len(value) < 13:
-        return value
-    if value.isalnum():
-        # Hot path (ids, hashes): all word characters, so no whitespace (no bearer), no "."
-        # (no JWT), and `\b` only at the ends: a PAN could only be the whole string.
-        return REDACTED if len(value) <= 19 and value.isdecimal() else value
-    value = _PAN.sub(REDACTED, value)
-    if "eyJ" not in value:  # every JWT match starts with it
-        return _BEARER.sub("Bearer " + REDACTED, value)
-    value = _JWT.sub(REDACTED, value)
-    return _BEARER.sub("Bearer " + REDACTED, value)
-
-
-def _redact(obj: Any) -> Any:
-    if isinstance(obj, str):
-        return redact_value(obj)
-    if isinstance(obj, dict):
-        return {
-            k: (REDACTED if isinstance(k, str) and _is_secret_key(k) else _redact(v))
-            for k, v in obj.items()
-        }
-    if isinstance(obj, list | tuple):
-        return [_redact(v) for v in obj]
-    return obj
+# Values the kit's own processors write (never client text): not worth a look per line.
+# `_record` and `_from_structlog` are ProcessorFormatter's metadata (removed before rendering).
+_TRUSTED_KEYS = frozenset({"timestamp", "level", "_record", "_from_structlog"})
 
 
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: secrets never reach a log line, whatever key or text carries them."""
+    """structlog processor: secrets never reach a log line, whatever key, type or text carries
+    them (services/kit/redact.py has the rules). Runs after format_exc_info, so tracebacks are
+    text by now; every value comes out JSON-ready (no `default=str` surprise at render time)."""
+    renamed = None
     for key, value in event_dict.items():
-        if _is_secret_key(key):
+        if key in _TRUSTED_KEYS:
+            continue
+        clean_key, secret = redact_key(key if isinstance(key, str) else str(key))
+        if secret:
             event_dict[key] = REDACTED
-        elif isinstance(value, str):
-            event_dict[key] = redact_value(value)
-        elif isinstance(value, dict | list | tuple):
-            event_dict[key] = _redact(value)
+        else:
+            event_dict[key] = redact_any(value)
+        if clean_key != key:
+            renamed = renamed or []
+            renamed.append((key, clean_key))
+    if renamed:  # a key that itself held a card number or a credential
+        for key, clean_key in renamed:
+            event_dict[clean_key] = event_dict.pop(key)
     return event_dict
 
 
@@ -124,12 +89,18 @@ def _service_adder(service: str):
     return add_service
 
 
+def _json_default(obj: Any) -> Any:
+    # Only for what `redact` has not seen (it makes every value JSON-ready): redacted too.
+    clean = redact_any(obj)
+    return clean if clean is not obj else redact_text(str(obj))
+
+
 def _serialize(obj: Any, **_: Any) -> bytes:
-    return orjson.dumps(obj, default=str)
+    return orjson.dumps(obj, default=_json_default)
 
 
 def _serialize_text(obj: Any, **_: Any) -> str:
-    return orjson.dumps(obj, default=str).decode()
+    return orjson.dumps(obj, default=_json_default).decode()
 
 
 def _logger_factory() -> Any:
