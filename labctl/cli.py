@@ -87,7 +87,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     _say("")
     ready = [r for r in rows if r.state == "ready"]
     _say(f"{len(ready)} components ready in {elapsed:.1f}s, {total_rss(rows) / 2**20:.0f} MB RSS.")
-    _say(f"Admin token for fault injection (ADMIN_TOKEN): {lab.admin_token()}")
+    if lab.env.get("ADMIN_TOKEN"):
+        _say("Admin token for fault injection: ADMIN_TOKEN from your environment")
+    elif "ADMIN_TOKEN" in lab.generated_secrets:  # printed once, when made (docs/security.md)
+        _say(f"Admin token for fault injection (ADMIN_TOKEN): {lab.admin_token()}")
+        _say(f"  (new for this lab; kept with its other secrets in {_display(lab.secrets_file)})")
+    else:
+        _say(f"Admin token for fault injection: ADMIN_TOKEN in {_display(lab.secrets_file)}")
     _say(f"Alerts received: {_display(lab.alerts_file)}; logs: {_display(lab.runtime_dir)}/logs/")
     _say("Next: `make status`, `make logs`, `make down` (keeps data), `make clean` (deletes it).")
     return 0 if all(r.state in ("ready", "off") for r in rows) else 1

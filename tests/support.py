@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import jwt
 import psutil
 
 from labctl.native.procs import listening_ports
@@ -26,10 +28,37 @@ from services.topology import start_waves
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The services refuse the secrets that ship in the repository (docs/security.md): the tests run
+# them with secrets of their own, random per test session, like `labctl up` does per lab.
+TEST_SECRETS = {
+    "jwt_secret": secrets.token_urlsafe(32),
+    "admin_token": secrets.token_urlsafe(32),
+    "internal_token": secrets.token_urlsafe(32),
+}
+SECRET_ENV = {name.upper(): value for name, value in TEST_SECRETS.items()}
+ADMIN = {"Authorization": f"Bearer {TEST_SECRETS['admin_token']}"}
+"""The admin API's header for services started by these helpers."""
+INTERNAL = {"X-Internal-Token": TEST_SECRETS["internal_token"]}
+"""The service credential: what a peer sends to an internal route."""
+
+
+def shopper_token(user: str, secret: str = TEST_SECRETS["jwt_secret"], ttl: int = 600) -> str:
+    """A token for `user` signed like auth signs one (for calling order directly)."""
+    now = int(time.time())
+    claims = {"sub": user, "iat": now, "exp": now + ttl, "iss": "triagelab-auth"}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def as_shopper(user: str, secret: str = TEST_SECRETS["jwt_secret"]) -> dict[str, str]:
+    """Headers of a call to order on behalf of `user`: what the gateway sends (with INTERNAL)."""
+    return {**INTERNAL, "Authorization": f"Bearer {shopper_token(user, secret)}"}
+
 
 def fast_settings(tmp: Path, **overrides) -> Settings:
-    """Settings for tests: own data dir, no artificial processor latency unless asked."""
+    """Settings for tests: own data dir, no artificial processor latency unless asked, the
+    session's own secrets (TEST_SECRETS)."""
     values = {
+        **TEST_SECRETS,
         "data_dir": tmp,
         "payment_latency_median_ms": 0,
         "notification_latency_median_ms": 0,
@@ -44,7 +73,8 @@ def fast_settings(tmp: Path, **overrides) -> Settings:
 @contextlib.asynccontextmanager
 async def in_process(settings: Settings, names=SERVICE_NAMES) -> AsyncIterator[dict]:
     """Build the named services in this process, wired to each other through ASGI transports,
-    with their lifespans running. Yields {name: httpx.AsyncClient}."""
+    with their lifespans running. Yields {name: httpx.AsyncClient}; each client sends the
+    service credential (as a peer would), so tests reach the internal routes."""
     apps = {n: importlib.import_module(f"services.{n}.main").create_app(settings) for n in names}
     transports = {n: httpx.ASGITransport(app=a) for n, a in apps.items()}
     for app in apps.values():
@@ -57,7 +87,11 @@ async def in_process(settings: Settings, names=SERVICE_NAMES) -> AsyncIterator[d
         clients = {}
         for n in names:
             clients[n] = await stack.enter_async_context(
-                httpx.AsyncClient(transport=transports[n], base_url="http://127.0.0.1")
+                httpx.AsyncClient(
+                    transport=transports[n],
+                    base_url="http://127.0.0.1",
+                    headers={"X-Internal-Token": settings.internal_token},
+                )
             )
         clients["_apps"] = apps
         yield clients
@@ -141,6 +175,7 @@ class ServiceProcs:
             "DATA_DIR": str(self.workdir / "data"),
             "SPAN_FILE": str(self.span_file(name)),
             "OTEL_BSP_SCHEDULE_DELAY": "100",
+            **SECRET_ENV,
             **{f"{p.upper()}_URL": self.url(p) for p in PEERS if p in self.ports},
             **self.env_overrides,
         }

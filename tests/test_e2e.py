@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from services.topology import SERVICES as SERVICE_NAMES
-from tests.support import running_services, wait_until
+from tests.support import INTERNAL, running_services, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,10 @@ def test_checkout_produces_one_trace_across_five_services(lab):
     # The confirmation is delivered by the worker.
     def delivered():
         rows = httpx.get(
-            lab.url("notification") + "/notifications", params={"order_id": order_id}, timeout=5
+            lab.url("notification") + "/notifications",
+            params={"order_id": order_id},
+            headers=INTERNAL,
+            timeout=5,
         ).json()
         return rows and rows[0]["status"] == "delivered"
 

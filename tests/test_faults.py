@@ -11,10 +11,10 @@ import psutil
 import pytest
 
 from services.fault_spec import DEFAULT_ADMIN_TOKEN
-from tests.support import fast_settings, in_process, running_services, wait_until
+from tests.support import ADMIN, as_shopper, fast_settings, in_process, running_services, wait_until
 
 pytestmark = pytest.mark.anyio
-ADMIN = {"Authorization": f"Bearer {DEFAULT_ADMIN_TOKEN}"}
+DEFAULT_ADMIN = {"Authorization": f"Bearer {DEFAULT_ADMIN_TOKEN}"}
 CARD_OK = "4242424242424242"
 
 
@@ -56,12 +56,14 @@ async def test_admin_api_needs_the_token(shop):
 
 
 async def test_default_token_is_refused_off_loopback(tmp_path):
-    async with in_process(fast_settings(tmp_path), names=("payment",)) as c:
+    # The shipped token is accepted at all only in a local lab (LAB_MODE=local, docs/security.md).
+    settings = fast_settings(tmp_path, lab_mode="local", admin_token=DEFAULT_ADMIN_TOKEN)
+    async with in_process(settings, names=("payment",)) as c:
         app = c["_apps"]["payment"]
         transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 5000))
         # ASGITransport reports the server as the URL's host: make it a non-loopback address.
         async with httpx.AsyncClient(transport=transport, base_url="http://192.0.2.10") as far:
-            r = await far.get("/admin/faults", headers=ADMIN)
+            r = await far.get("/admin/faults", headers=DEFAULT_ADMIN)
             assert r.status_code == 403 and r.json()["code"] == "default_token_refused"
 
 
@@ -76,6 +78,8 @@ async def test_default_token_is_refused_off_loopback(tmp_path):
         ({"kind": "latency", "ms": 100, "ttl_seconds": 0}, "zero ttl"),
         ({"kind": "error", "status": 200}, "not an error status"),
         ({"kind": "error", "route": "("}, "bad regex"),
+        ({"kind": "error", "route": "^(a|aa)+$"}, "a regex that backtracks"),
+        ({"kind": "error", "route": "/api/.*"}, "a regex, not a path"),
         ({"kind": "latency", "ms": 10, "colour": "red"}, "extra field"),
     ],
 )
@@ -188,11 +192,8 @@ async def test_db_pool_exhaustion_gives_503_not_a_hang(shop):
     fault = await set_fault(order, kind="db_pool_exhaustion")
     r = await order.post(
         "/orders",
-        json={
-            "user": "a",
-            "card_number": CARD_OK,
-            "items": [{"product_id": "sku-mug", "quantity": 1}],
-        },
+        json={"card_number": CARD_OK, "items": [{"product_id": "sku-mug", "quantity": 1}]},
+        headers=as_shopper("a"),
     )
     assert r.status_code == 503 and r.json()["code"] == "db_pool_exhausted"
     metrics = (await order.get("/metrics")).text
@@ -201,11 +202,8 @@ async def test_db_pool_exhaustion_gives_503_not_a_hang(shop):
     await order.delete(f"/admin/faults/{fault['id']}", headers=ADMIN)
     r = await order.post(
         "/orders",
-        json={
-            "user": "a",
-            "card_number": CARD_OK,
-            "items": [{"product_id": "sku-mug", "quantity": 1}],
-        },
+        json={"card_number": CARD_OK, "items": [{"product_id": "sku-mug", "quantity": 1}]},
+        headers=as_shopper("a"),
     )
     assert r.status_code == 201
 

@@ -224,7 +224,7 @@ def test_status_and_down_without_a_lab(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_up_twice_status_down(tmp_path: Path) -> None:
     """The user's path: URL table, idempotent second up, status, down leaves nothing."""
-    env = lab_env(tmp_path, ADMIN_TOKEN="test-admin-token")
+    env = lab_env(tmp_path, ADMIN_TOKEN="test-admin-token-of-at-least-32-bytes")
     try:
         first = labctl(env, "up", "--mode", "native", "--no-load")
         assert first.returncode == 0, first.stdout + first.stderr
@@ -234,7 +234,8 @@ def test_up_twice_status_down(tmp_path: Path) -> None:
                 for line in first.stdout.splitlines()
             ), (name, first.stdout)
         assert "locust        off (load off)" in first.stdout
-        assert "test-admin-token" in first.stdout
+        assert "ADMIN_TOKEN from your environment" in first.stdout  # not printed back
+        assert "test-admin-token-of-at-least-32-bytes" not in first.stdout
 
         second = labctl(env, "up", "--mode", "native", "--no-load")
         assert second.returncode == 0, second.stderr

@@ -18,12 +18,10 @@ import httpx
 import pytest
 
 from labctl.drills.data_check import check_data, fetch_state, wait_and_fetch
-from services.fault_spec import DEFAULT_ADMIN_TOKEN
-from tests.support import running_services, wait_until
+from tests.support import ADMIN, INTERNAL, as_shopper, running_services, wait_until
 
 pytestmark = pytest.mark.integration
 
-ADMIN = {"Authorization": f"Bearer {DEFAULT_ADMIN_TOKEN}"}
 CARD_OK = "4242424242424242"
 CART = [{"product_id": "sku-grinder", "quantity": 1}]
 FAST = {
@@ -70,7 +68,7 @@ def clear_faults(procs, service: str) -> None:
 
 def settled(procs, since: float, timeout: float = 60) -> dict[str, list[dict]]:
     urls = {n: procs.url(n) for n in procs.names}
-    with httpx.Client(timeout=10) as http:
+    with httpx.Client(timeout=10, headers=INTERNAL) as http:
         return wait_and_fetch(http, urls, since, timeout, time.sleep, poll_seconds=0.2)
 
 
@@ -128,7 +126,7 @@ def test_a_charge_that_outlives_the_timeout_settles_the_order_paid_and_a_retry_r
             assert again.status_code == 201, again.text
             assert again.headers["idempotent-replayed"] == "true"
             assert again.json()["order_id"] == r.json()["details"]["order_id"]
-        assert len(fetch_state(httpx.Client(), _urls(procs), since)["orders"]) == 3
+        assert len(fetch_state(httpx.Client(headers=INTERNAL), _urls(procs), since)["orders"]) == 3
 
 
 def test_order_answers_inside_the_gateways_budget_and_retries_never_buy_twice(tmp_path):
@@ -158,7 +156,7 @@ def test_order_answers_inside_the_gateways_budget_and_retries_never_buy_twice(tm
             assert again.headers.get("idempotent-replayed") == "true", again.text
             if r.status_code == 201:
                 assert again.status_code == 201
-        after = check_data(None, fetch_state(httpx.Client(), _urls(procs), since))
+        after = check_data(None, fetch_state(httpx.Client(headers=INTERNAL), _urls(procs), since))
         assert after["ok"], after["problems"]
         assert after["orders"] == 12  # twelve purchases, twelve orders: nobody bought twice
 
@@ -206,7 +204,7 @@ def test_confirmations_survive_a_notification_outage_and_an_order_crash(tmp_path
         procs.pause("notification")  # a hung notification service: connects, never answers
         responses = [checkout(procs, auth, uuid.uuid4().hex, timeout=10) for _ in range(10)]
         assert [r.status_code for r in responses] == [201] * 10  # an outage fails no checkout
-        outbox = httpx.get(procs.url("order") + "/outbox", timeout=5).json()
+        outbox = httpx.get(procs.url("order") + "/outbox", headers=INTERNAL, timeout=5).json()
         assert {m["status"] for m in outbox} == {"pending"} and len(outbox) == 10
         procs.crash_and_restart("order")  # SIGKILL with ten confirmations undelivered
         procs.resume("notification")
@@ -223,13 +221,14 @@ def test_a_notification_4xx_is_dead_lettered_not_counted_as_queued(tmp_path):
         since = time.time()
         r = httpx.post(
             procs.url("order") + "/orders",
-            json={"user": "alice", "items": CART, "card_number": CARD_OK},
+            json={"items": CART, "card_number": CARD_OK},
+            headers=as_shopper("alice"),
             timeout=10,
         )
         assert r.status_code == 201, r.text
 
         def dead() -> list[dict]:
-            rows = httpx.get(procs.url("order") + "/outbox", timeout=5).json()
+            rows = httpx.get(procs.url("order") + "/outbox", headers=INTERNAL, timeout=5).json()
             return [m for m in rows if m["status"] == "dead_lettered"]
 
         rows = wait_until(dead, timeout=20, what="the refused confirmation dead-lettered")
@@ -237,7 +236,7 @@ def test_a_notification_4xx_is_dead_lettered_not_counted_as_queued(tmp_path):
         metrics = httpx.get(procs.url("order") + "/metrics", timeout=5).text
         assert 'order_confirmations_total{outcome="dead_lettered"} 1.0' in metrics
         assert 'order_confirmations_total{outcome="relayed"} 0.0' in metrics
-        state = fetch_state(httpx.Client(), _urls(procs), since)
+        state = fetch_state(httpx.Client(headers=INTERNAL), _urls(procs), since)
         assert check_data(None, state)["ok"]  # dead-lettered is an end, and it is counted
 
 
@@ -262,7 +261,10 @@ def test_order_crashing_between_the_charge_and_its_status_write_loses_nothing(tm
         procs.pause("order")  # frozen before it can record the answer
         wait_until(
             lambda: httpx.get(
-                procs.url("payment") + "/payments", params={"order_id": order_id}, timeout=5
+                procs.url("payment") + "/payments",
+                params={"order_id": order_id},
+                headers=INTERNAL,
+                timeout=5,
             ).json(),
             timeout=10,
             what="payment committed the charge",
@@ -306,7 +308,10 @@ def test_a_held_charge_past_its_deadline_does_no_work_and_the_order_is_voided(tm
 
         wait_until(refused, timeout=10, what="payment refusing the held charge")
         charges = httpx.get(
-            procs.url("payment") + "/payments", params={"order_id": order_id}, timeout=5
+            procs.url("payment") + "/payments",
+            params={"order_id": order_id},
+            headers=INTERNAL,
+            timeout=5,
         ).json()
         assert [c["outcome"] for c in charges] == ["voided"]
 
@@ -323,7 +328,9 @@ def test_the_data_check_and_the_money_gauge_catch_a_broken_ledger(tmp_path):
             conn.execute("UPDATE orders SET status='payment_failed' WHERE id=?", (ids[0],))
         with sqlite3.connect(data / "notification.db") as conn:  # a lost confirmation
             conn.execute("DELETE FROM notifications WHERE order_id=?", (ids[1],))
-        result = check_data(set(ids), fetch_state(httpx.Client(), _urls(procs), since))
+        result = check_data(
+            set(ids), fetch_state(httpx.Client(headers=INTERNAL), _urls(procs), since)
+        )
         assert not result["ok"]
         text = " | ".join(result["problems"])
         assert f"for an order that is not paid (charged, but told failed): {ids[0]}" in text

@@ -9,7 +9,7 @@ import time
 import jwt
 import pytest
 
-from tests.support import SERVICE_NAMES, fast_settings, in_process
+from tests.support import SERVICE_NAMES, as_shopper, fast_settings, in_process
 
 pytestmark = pytest.mark.anyio
 
@@ -151,21 +151,15 @@ async def test_order_lifecycle_paid_and_failed(shop, settings):
     order = shop["order"]
     ok = await order.post(
         "/orders",
-        json={
-            "user": "alice",
-            "card_number": CARD_OK,
-            "items": [{"product_id": "sku-mug", "quantity": 3}],
-        },
+        json={"card_number": CARD_OK, "items": [{"product_id": "sku-mug", "quantity": 3}]},
+        headers=as_shopper("alice"),
     )
     assert ok.status_code == 201 and ok.json()["status"] == "paid"
     assert ok.json()["total_cents"] == 3 * 1290
     declined = await order.post(
         "/orders",
-        json={
-            "user": "alice",
-            "card_number": CARD_DECLINED,
-            "items": [{"product_id": "sku-mug", "quantity": 1}],
-        },
+        json={"card_number": CARD_DECLINED, "items": [{"product_id": "sku-mug", "quantity": 1}]},
+        headers=as_shopper("alice"),
     )
     body = assert_error(declined, 402, "card_declined")
     rows = dict(db_rows(settings, "order", "SELECT id, status FROM orders"))

@@ -67,6 +67,8 @@ def accepted_orders(gateway_log: Path, since: float) -> set[str] | None:
 def fetch_state(http: httpx.Client, urls: dict[str, str], since: float) -> dict[str, list[dict]]:
     """Orders, confirmations, notifications and charges made since `since`, from the services.
 
+    Their routes are internal: `http` must send the lab's service credential (X-Internal-Token).
+
     A charge whose order is older than `since` is looked up by id, so no charge is left
     unmatched only because of where the window starts."""
     after = {"created_after": since - 1, "limit": LIMIT}

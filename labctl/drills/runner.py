@@ -340,7 +340,9 @@ class DrillRunner:
             tracker.poll()
             self._wait(seconds)
 
-        with httpx.Client(timeout=10, trust_env=False) as http:
+        # The services' data is behind their internal routes: the lab's service credential.
+        internal = {"X-Internal-Token": self.lab.internal_token()}
+        with httpx.Client(timeout=10, trust_env=False, headers=internal) as http:
             state = wait_and_fetch(http, self.urls, since, DATA_CHECK_TIMEOUT, pause, POLL_SECONDS)
         return DataCheck(**check_data(accepted, state))
 

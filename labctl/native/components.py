@@ -57,7 +57,10 @@ def _service(name: str) -> Builder:
         env = {
             "OTEL_SERVICE_NAME": name,
             "DATA_DIR": str(rt / "data"),
-            "ADMIN_TOKEN": lab.admin_token(),
+            # A local lab on loopback, said so explicitly; its secrets are its own, random
+            # (JWT_SECRET, ADMIN_TOKEN, INTERNAL_TOKEN in secrets.json: docs/security.md).
+            "LAB_MODE": "local",
+            **lab.secrets(),
             "DEPLOYMENT_ENVIRONMENT": lab.env.get("DEPLOYMENT_ENVIRONMENT", "lab"),
         }
         if not lab.env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):

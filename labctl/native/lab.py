@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,6 @@ import psutil
 
 from labctl.config import (
     COMPONENTS,
-    DEFAULT_ADMIN_TOKEN,
     RECEIVER_DEFAULT_PORT,
     REPO_ROOT,
     SERVICES,
@@ -47,6 +47,11 @@ from labctl.native.components import HOST, SPECS, STOP_WAVES, ComponentStatus
 
 def _now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+LAB_SECRETS = ("JWT_SECRET", "ADMIN_TOKEN", "INTERNAL_TOKEN")
+"""The secrets of one lab (docs/security.md): random per lab, in its runtime folder."""
+MIN_SECRET_BYTES = 32  # the services refuse shorter ones (services/kit/settings.py)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -97,6 +102,7 @@ class NativeLab:
             configured or self.root / "deploy" / "alertmanager" / "alertmanager.yml"
         ).resolve()
         self._http = httpx.Client(timeout=1.0, trust_env=False)
+        self.generated_secrets: list[str] = []  # what the last `up` generated (printed once)
 
     # ----------------------------------------------------------------- layout
 
@@ -120,8 +126,72 @@ class NativeLab:
             self._binaries = find_binaries(self.env)
         return self._binaries
 
+    @property
+    def secrets_file(self) -> Path:
+        return self.runtime_dir / "secrets.json"
+
+    def secrets(self, *, create: bool = False) -> dict[str, str]:
+        """JWT_SECRET, ADMIN_TOKEN and INTERNAL_TOKEN of this lab.
+
+        Each comes from the environment when set there, else from ``secrets.json`` in the
+        runtime folder: random values (32 bytes, URL-safe), written with mode 0600 by the first
+        ``up`` (``create``) and reused by every later one, until ``clean`` deletes the folder.
+        """
+        try:
+            stored = json.loads(self.secrets_file.read_text(encoding="utf-8"))
+            if not isinstance(stored, dict):
+                stored = {}
+        except FileNotFoundError:
+            stored = {}
+        except (OSError, json.JSONDecodeError) as exc:
+            raise LabError(
+                f"{self.secrets_file} is unreadable ({exc}); `make clean` resets it"
+            ) from exc
+        missing = [n for n in LAB_SECRETS if not isinstance(stored.get(n), str) or not stored[n]]
+        if create and missing:
+            for name in missing:
+                stored[name] = secrets.token_urlsafe(32)
+            self.runtime_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.secrets_file.with_name(f".{self.secrets_file.name}.tmp")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps({n: stored[n] for n in LAB_SECRETS}, indent=2) + "\n")
+            os.replace(tmp, self.secrets_file)
+            self.generated_secrets = missing
+        elif self.secrets_file.exists() and self.secrets_file.stat().st_mode & 0o077:
+            os.chmod(self.secrets_file, 0o600)  # readable by others: not any more
+        return {n: self.env.get(n) or stored.get(n, "") for n in LAB_SECRETS}
+
+    def check_secrets(self) -> dict[str, str]:
+        """This lab's secrets, made if missing; a LabError for one the services would refuse."""
+        values = self.secrets(create=True)
+        for name, value in values.items():
+            if len(value.encode()) < MIN_SECRET_BYTES:
+                raise LabError(
+                    f"{name} from your environment is {len(value.encode())} bytes long; the "
+                    f"services need at least {MIN_SECRET_BYTES} (unset it: `up` generates one)"
+                )
+        return values
+
     def admin_token(self) -> str:
-        return self.env.get("ADMIN_TOKEN") or DEFAULT_ADMIN_TOKEN
+        """The admin API's bearer token of this lab (never a constant: docs/security.md)."""
+        token = self.secrets()["ADMIN_TOKEN"]
+        if not token:
+            raise LabError(
+                f"no admin token: {self.secrets_file} does not exist (start the lab with `make up`)"
+            )
+        return token
+
+    def internal_token(self) -> str:
+        """The service credential of this lab (for tools that read the services' data)."""
+        token = self.secrets()["INTERNAL_TOKEN"]
+        if not token:
+            raise LabError(
+                f"no service credential: {self.secrets_file} does not exist (`make up` makes it)"
+            )
+        return token
 
     def off_reason(self, name: str) -> str:
         """Why a component will not run ('' when it will)."""
@@ -283,6 +353,7 @@ class NativeLab:
         """Start whatever is not running yet; on any failure stop what this call started."""
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         self._prepare()
+        self.check_secrets()
         running = self._running()
         known: dict[str, int] = {}
         for name, (entry, proc) in running.items():
@@ -458,7 +529,15 @@ class NativeLab:
         return stopped
 
     def clean(self) -> None:
-        """Stop, then delete the runtime folder (databases, Prometheus data, logs, alerts)."""
+        """Stop, then delete the runtime folder (databases, Prometheus data, logs, alerts).
+
+        Only a lab's runtime folder, one that holds the state file `up` writes: LAB_DIR pointing
+        at any other folder (a home directory, the repository) is refused, nothing deleted."""
+        if self.runtime_dir.exists() and not self.state_file.is_file():
+            raise LabError(
+                f"refusing to delete {self.runtime_dir}: it holds no {self.state_file.name}, so "
+                "it is not a lab's runtime folder (check LAB_DIR; delete it yourself if it is)"
+            )
         self.down()
         if self.runtime_dir.exists():
             shutil.rmtree(self.runtime_dir)

@@ -23,6 +23,27 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 MAX_BODY = 10 * 1024 * 1024
+READ_TIMEOUT = 10.0  # seconds a client may take to send what its Content-Length announced
+
+
+def notification_problem(notification: Any) -> str | None:
+    """Why a webhook body is not an Alertmanager notification we can record (None: it is)."""
+    if not isinstance(notification, dict):
+        return "body is not a JSON object"
+    alerts = notification.get("alerts")
+    if alerts is None:
+        return None
+    if not isinstance(alerts, list):
+        return "alerts must be a list"
+    for i, alert in enumerate(alerts):
+        if not isinstance(alert, dict):
+            return f"alerts[{i}] must be an object"
+        labels = alert.get("labels", {})
+        if not isinstance(labels, dict):
+            return f"alerts[{i}].labels must be an object"
+        if not isinstance(labels.get("alertname", ""), str):
+            return f"alerts[{i}].labels.alertname must be a string"
+    return None
 
 
 def _now() -> tuple[str, float]:
@@ -88,6 +109,7 @@ def read_alerts(
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    timeout = READ_TIMEOUT  # a body shorter than its Content-Length does not hold a thread
 
     def _reply(self, status: int, body: Any) -> None:
         data = json.dumps(body).encode()
@@ -102,17 +124,35 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) != 2 or parts[0] != "hook" or not parts[1]:
             self._reply(404, {"error": "POST /hook/<channel>"})
             return
-        length = int(self.headers.get("Content-Length") or 0)
+        raw_length = (self.headers.get("Content-Length") or "").strip()
+        if not raw_length:
+            self._reply(400, {"error": "a JSON body with a Content-Length is required"})
+            return
+        if not raw_length.isascii() or not raw_length.isdigit():
+            self.close_connection = True  # the body's end is unknown: do not read on
+            self._reply(400, {"error": f"Content-Length is not a number: {raw_length[:40]!r}"})
+            return
+        length = int(raw_length)
         if length <= 0 or length > MAX_BODY:
-            self._reply(400, {"error": "a JSON body is required"})
+            self.close_connection = True
+            self._reply(400, {"error": f"Content-Length must be 1..{MAX_BODY} bytes"})
             return
         try:
-            notification = json.loads(self.rfile.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            raw = self.rfile.read(length)
+        except TimeoutError:
+            raw = b""
+        if len(raw) < length:
+            self.close_connection = True
+            self._reply(400, {"error": "the body is shorter than its Content-Length"})
+            return
+        try:
+            notification = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             self._reply(400, {"error": "body is not JSON"})
             return
-        if not isinstance(notification, dict):
-            self._reply(400, {"error": "body is not a JSON object"})
+        problem = notification_problem(notification)
+        if problem is not None:
+            self._reply(400, {"error": problem})
             return
         record = self.server.store.append(parts[1], notification)
         _log(

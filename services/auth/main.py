@@ -17,9 +17,11 @@ from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
 from services.kit import Kit, LogDep, ServiceError, Settings, SettingsDep
+from services.kit.service_auth import SHOPPER_TOKEN_ALGORITHM as ALGORITHM
+from services.kit.service_auth import SHOPPER_TOKEN_ISSUER as ISSUER
+from services.kit.service_auth import client_address
 
-ISSUER = "triagelab-auth"
-ALGORITHM = "HS256"
+from .limits import REASONS, FixedWindow, HashPool
 
 # Demo users, documented in docs/services.md. Passwords are hashed at startup, never stored.
 DEMO_PASSWORDS = {"alice": "wonderland", "bob": "builder"} | {
@@ -61,6 +63,11 @@ class AuthState:
     # Verification has its own reference to the key, so a fault can make the two disagree
     # (a botched key rotation: every token is rejected, a 401 storm).
     verify_key: str
+    # Login limits (limits.py): per client, per account, and the bounded hashing pool.
+    rejections: Counter
+    client_attempts: FixedWindow
+    account_failures: FixedWindow
+    hashing: HashPool
     users: dict[str, str] = field(default_factory=dict)  # name -> hash, seeded at startup
     # Unknown users are checked against a real hash too, so timing does not reveal who exists.
     dummy_hash: str = ""
@@ -89,18 +96,34 @@ VerificationsDep = Annotated[Counter, Depends(get_verifications)]
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
+def _too_many(state: AuthState, log, reason: str, retry_after: int, message: str) -> ServiceError:
+    state.rejections.labels(reason).inc()
+    log.warning("login_rejected", reason=reason, retry_after=retry_after)
+    return ServiceError(429, "too_many_logins", message, headers={"Retry-After": str(retry_after)})
+
+
 @router.post("/login", response_model=TokenOut)
 async def login(
-    body: LoginRequest, state: AuthStateDep, settings: SettingsDep, log: LogDep
+    body: LoginRequest, request: Request, state: AuthStateDep, settings: SettingsDep, log: LogDep
 ) -> TokenOut:
+    # The limits come before the hash: a rejected attempt costs no argon2 (limits.py).
+    client = client_address(request, settings)
+    if (wait := state.client_attempts.retry_after(client)) is not None:
+        raise _too_many(state, log, "client_limit", wait, "too many login attempts from here")
+    if (wait := state.account_failures.retry_after(body.username)) is not None:
+        raise _too_many(state, log, "account_limit", wait, "too many failed logins: wait")
+    if state.hashing.full():
+        raise _too_many(state, log, "busy", 1, "too many logins at once: try again shortly")
+    state.client_attempts.add(client)
     stored = state.users.get(body.username, state.dummy_hash)
     try:
-        await anyio.to_thread.run_sync(hasher.verify, stored, body.password)
+        await state.hashing.run(hasher.verify, stored, body.password)
         ok = body.username in state.users
     except VerificationError:
         ok = False
     state.logins.labels("success" if ok else "failure").inc()
     if not ok:
+        state.account_failures.add(body.username)
         log.info("login_failed", username=body.username)
         raise ServiceError(401, "invalid_credentials", "unknown user or wrong password")
     now = int(time.time())
@@ -138,11 +161,23 @@ async def verify(
     except jwt.ExpiredSignatureError as exc:
         counter.labels("expired").inc()
         raise ServiceError(401, "token_expired", "the token has expired") from exc
-    except jwt.InvalidTokenError as exc:
+    except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError) as exc:
+        # PyJWT lets int() of a claim raise through: "exp": 1e999 is an OverflowError.
         counter.labels("invalid").inc()
         raise ServiceError(401, "invalid_token", "the token is not valid") from exc
+    if not _claims_usable(claims):
+        # Signed by us, but not what login issues (a float exp, a sub that is not a name): a
+        # 401 like any invalid token, never a 500 while building the answer.
+        counter.labels("invalid").inc()
+        raise ServiceError(401, "invalid_token", "the token is not valid")
     counter.labels("valid").inc()
     return Identity(sub=claims["sub"], exp=claims["exp"])
+
+
+def _claims_usable(claims: dict) -> bool:
+    """The claims as login writes them: an integer exp and a user name for sub."""
+    exp, sub = claims.get("exp"), claims.get("sub")
+    return type(exp) is int and isinstance(sub, str) and 1 <= len(sub) <= 64 and sub.isprintable()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -154,9 +189,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "auth_token_verifications", "Token checks by outcome.", ["outcome"], registry=registry
         ),
         verify_key=kit.settings.jwt_secret,
+        rejections=Counter(
+            "auth_login_rejections",
+            "Login attempts turned away with 429 before any password check, by reason.",
+            ["reason"],
+            registry=registry,
+        ),
+        client_attempts=FixedWindow(
+            kit.settings.login_client_attempts, kit.settings.login_client_window_seconds
+        ),
+        account_failures=FixedWindow(
+            kit.settings.login_account_failures, kit.settings.login_account_window_seconds
+        ),
+        hashing=HashPool(kit.settings.login_hash_concurrency, kit.settings.login_hash_queue),
     )
     for outcome in ("success", "failure"):
         state.logins.labels(outcome)
+    for reason in REASONS:
+        state.rejections.labels(reason)
     for outcome in ("valid", "invalid", "expired"):
         state.verifications.labels(outcome)
 

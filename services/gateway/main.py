@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 import httpx
-from fastapi import APIRouter, Depends, FastAPI, Header, Path, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request, Response
 from pydantic import BaseModel, Field
 
 from services.kit import Kit, LogDep, ServiceError, Settings, peer_client
@@ -55,6 +56,10 @@ async def current_user(
 ) -> str:
     if not authorization:
         raise ServiceError(401, "missing_token", "a Bearer token is required")
+    if not (authorization.isascii() and authorization.isprintable()):
+        # A token is printable ASCII; anything else cannot even be sent on to auth (httpx
+        # refuses it: a 500) and is no token of ours.
+        raise ServiceError(401, "invalid_token", "the token is not valid")
     response = await auth.request("GET", "/auth/verify", headers={"Authorization": authorization})
     if response.status_code != 200:
         raise passthrough(response)
@@ -62,12 +67,20 @@ async def current_user(
 
 
 User = Annotated[str, Depends(current_user)]
+# An id as order makes them ("ord_" and hex): checked before it goes into order's URL, and
+# escaped there too, so no "?", "/", "#" or control character of a client's can reach the call.
+OrderId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")]
 router = APIRouter(prefix="/api", tags=["shop"])
 
 
 @router.post("/login")
-async def login(body: LoginRequest, auth: AuthDep) -> dict:
-    response = await auth.request("POST", "/auth/login", json=body.model_dump())
+async def login(body: LoginRequest, auth: AuthDep, request: Request) -> dict:
+    # auth limits logins per client: tell it who the client is (it believes this header only
+    # from a holder of the service credential, docs/security.md).
+    client = request.client.host if request.client else ""
+    response = await auth.request(
+        "POST", "/auth/login", json=body.model_dump(), headers={"X-Client-Address": client}
+    )
     if response.status_code != 200:
         raise passthrough(response)
     return response.json()
@@ -86,14 +99,18 @@ async def checkout(
     log: LogDep,
     response: Response,
     idempotency_key: Annotated[IdempotencyKey | None, Header()] = None,
+    authorization: Annotated[str | None, Header(max_length=4096)] = None,
 ) -> CheckoutOut:
     """One purchase. With an Idempotency-Key (per shopper), a re-send replays the first answer
     (`Idempotent-Replayed: true`) instead of buying again; a key reused for another cart is a 422.
     The confirmation is written by order in the transaction that marks the order paid."""
+    # The shopper's identity travels as their own token (signed by auth), which order verifies;
+    # `user` (checked by auth a moment ago) is only for our log line.
     upstream = await orders.request(
         "POST",
         "/orders",
-        json={"user": user, "idempotency_key": idempotency_key, **body.model_dump()},
+        json={"idempotency_key": idempotency_key, **body.model_dump()},
+        headers={"Authorization": authorization or ""},
     )
     if upstream.status_code not in (200, 201):
         raise passthrough(upstream)
@@ -116,10 +133,8 @@ async def checkout(
 
 
 @router.get("/orders/{order_id}")
-async def get_order(
-    order_id: Annotated[str, Path(max_length=40)], user: User, orders: OrderDep
-) -> dict:
-    response = await orders.request("GET", f"/orders/{order_id}")
+async def get_order(order_id: OrderId, user: User, orders: OrderDep) -> dict:
+    response = await orders.request("GET", f"/orders/{quote(order_id, safe='')}")
     if response.status_code != 200:
         raise passthrough(response)
     order = response.json()

@@ -45,6 +45,8 @@ class Kit:
 
     def __init__(self, name: str, settings: Settings | None = None) -> None:
         self.settings = (settings or Settings()).for_service(name)
+        # No service runs on a missing, short or shipped secret (docs/security.md).
+        self.settings.require_safe_secrets()
         self.name = name
         configure_logging(name, self.settings.log_level)
         self.log = get_logger(service=name)
@@ -81,6 +83,7 @@ class Kit:
                 retries=s.http_retries,
                 backoff=s.http_retry_backoff_seconds,
                 transport=self.transports.get(peer),
+                internal_token=s.internal_token,
             )
         return self.clients[peer]
 

@@ -8,6 +8,8 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 
 def luhn_ok(number: str) -> bool:
+    if not (number.isascii() and number.isdigit()):  # int() takes "٤" (Arabic-Indic) too
+        return False
     digits = [int(d) for d in number]
     checksum = 0
     for i, d in enumerate(reversed(digits)):
@@ -25,7 +27,9 @@ def _luhn(value: str) -> str:
     return value
 
 
-CardNumber = Annotated[str, Field(pattern=r"^\d{12,19}$"), AfterValidator(_luhn)]
+# [0-9], not \d: the schema's regex engine counts every Unicode digit as \d, and a card written
+# in Arabic-Indic digits would pass and miss the decline list (compared as ASCII).
+CardNumber = Annotated[str, Field(pattern=r"^[0-9]{12,19}$"), AfterValidator(_luhn)]
 Currency = Literal["EUR"]
 
 

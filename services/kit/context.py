@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import time
 from contextvars import ContextVar
 
 correlation_id_var: ContextVar[str] = ContextVar("correlation_id", default="")
+
+# A client's X-Correlation-ID is kept only if it is this (a uuid, a hex id, "e2e-checkout-1"):
+# anything else (other characters, longer) is replaced by a fresh id, so no client text of its
+# choosing reaches every log line and every peer.
+CORRELATION_ID_MAX = 64
+CORRELATION_ID = re.compile(rb"[A-Za-z0-9._:-]{1,%d}" % CORRELATION_ID_MAX)
 
 # The request's deadline on time.monotonic()'s clock (None: no deadline, e.g. a background
 # worker). Set from the caller's X-Request-Budget-Ms on arrival; outgoing calls never wait past it

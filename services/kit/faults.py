@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import ipaddress
 import os
 import random
-import re
 import threading
 import time
 import uuid
@@ -26,7 +26,16 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.fault_spec import DEFAULT_ADMIN_TOKEN, FAULT_KINDS, REQUEST_KINDS, FaultIn
+from services.fault_spec import (
+    DEFAULT_ADMIN_TOKEN,
+    FAULT_KINDS,
+    MAX_ACTIVE_FAULTS,
+    MAX_CPU_BURN_THREADS,
+    MAX_FAULT_MEMORY_MB,
+    REQUEST_KINDS,
+    FaultIn,
+    route_matcher,
+)
 
 from .db import Database
 from .errors import ServiceError, error_response
@@ -41,7 +50,10 @@ class ActiveFault:
         self.spec = spec
         self.started_at = time.time()
         self.expires_at = self.started_at + spec.ttl_seconds
-        self.route = re.compile(spec.route) if getattr(spec, "route", None) else None
+        # A comparison, never a regex (services.fault_spec.route_matcher): it runs on every
+        # request, on the event loop.
+        route = getattr(spec, "route", None)
+        self.route: Callable[[str], bool] | None = route_matcher(route) if route else None
         self.stop: Callable[[], Awaitable[None]] | None = None
 
     def describe(self) -> dict:
@@ -62,6 +74,10 @@ class FaultManager:
     its overflow), and how a bad release shows (`set_version`, back to `version` when it ends).
     `database` is set once the service opens one (`Kit.open_database`); until then, and in a
     service without a database, `db_pool_exhaustion` does not apply.
+
+    At most `max_faults` faults are active at once, `memory_growth` faults may hold
+    `max_memory_mb` between them and `cpu_burn` faults run at most `max_cpu_threads` threads; a
+    fault beyond a limit is refused with 409 (`add`).
     """
 
     def __init__(
@@ -73,8 +89,17 @@ class FaultManager:
         set_version: Callable[[str], None],
         version: str,
         database: Database | None = None,
+        max_faults: int = MAX_ACTIVE_FAULTS,
+        max_memory_mb: int = MAX_FAULT_MEMORY_MB,
+        max_cpu_threads: int = MAX_CPU_BURN_THREADS,
     ) -> None:
         self.service = service
+        self.max_faults = max_faults
+        self.max_memory_mb = max_memory_mb
+        self.max_cpu_threads = max_cpu_threads
+        # Specs being started (a starter may await): counted against the limits, so two
+        # concurrent requests cannot both take the last place.
+        self._starting: list[Any] = []
         self.audit_path = audit_path
         self.pool_capacity = pool_capacity
         self.set_version = set_version
@@ -106,18 +131,55 @@ class FaultManager:
                 "fault_not_supported",
                 f"fault kind {spec.kind!r} does not apply to service {self.service!r}",
             )
+        self._check_limits(spec)
         fault = ActiveFault(spec)
         starter = self.starters.get(spec.kind)
         if spec.kind == "db_pool_exhaustion":
             starter = self._db_pool_exhaustion
-        if starter is not None:
-            fault.stop = await starter(fault)
-        self.active[fault.id] = fault
+        self._starting.append(spec)
+        try:
+            if starter is not None:
+                fault.stop = await starter(fault)
+            self.active[fault.id] = fault
+        finally:
+            self._starting.remove(spec)
         self._refresh()
         self._audit("fault_set", fault)
         if self._reaper is None or self._reaper.done():
             self._reaper = asyncio.create_task(self._reap())
         return fault
+
+    def _check_limits(self, spec: Any) -> None:
+        """Refuse (409, the standard error body) a fault that would pass a limit."""
+        specs = [f.spec for f in self.active.values()] + self._starting
+        if len(specs) >= self.max_faults:
+            raise ServiceError(
+                409,
+                "fault_limit_reached",
+                f"{self.service} already has {len(specs)} active faults (at most "
+                f"{self.max_faults}): clear one first",
+                details={"limit": self.max_faults, "active": len(specs)},
+            )
+        if spec.kind == "memory_growth":
+            held = sum(s.max_mb for s in specs if s.kind == "memory_growth")
+            if held + spec.max_mb > self.max_memory_mb:
+                raise ServiceError(
+                    409,
+                    "fault_memory_limit_reached",
+                    f"memory_growth faults on {self.service} would hold {held + spec.max_mb} MB "
+                    f"(at most {self.max_memory_mb} MB)",
+                    details={"limit_mb": self.max_memory_mb, "held_mb": held},
+                )
+        if spec.kind == "cpu_burn":
+            threads = sum(1 for s in specs if s.kind == "cpu_burn")
+            if threads + 1 > self.max_cpu_threads:
+                raise ServiceError(
+                    409,
+                    "fault_cpu_limit_reached",
+                    f"{self.service} already runs {threads} cpu_burn threads "
+                    f"(at most {self.max_cpu_threads})",
+                    details={"limit": self.max_cpu_threads, "active": threads},
+                )
 
     async def remove(self, fault_id: str, reason: str = "cleared") -> bool:
         fault = self.active.pop(fault_id, None)
@@ -255,7 +317,7 @@ class FaultMiddleware:
             await self.app(scope, receive, send)
             return
         for fault in faults:
-            if fault.route is not None and not fault.route.search(path):
+            if fault.route is not None and not fault.route(path):
                 continue
             if random.random() >= fault.spec.probability:
                 continue
@@ -284,7 +346,8 @@ def _is_loopback(host: str | None) -> bool:
 
 def admin_guard(admin_token: str) -> Callable[..., Awaitable[None]]:
     """The admin API's dependency: a Bearer token equal to `admin_token` (the default one only
-    on loopback)."""
+    on loopback), compared in constant time."""
+    expected = admin_token.encode()
 
     async def require_admin(
         request: Request, authorization: Annotated[str | None, Header(max_length=4096)] = None
@@ -294,10 +357,11 @@ def admin_guard(admin_token: str) -> Callable[..., Awaitable[None]]:
             raise ServiceError(
                 401, "missing_token", "the admin API needs 'Authorization: Bearer <ADMIN_TOKEN>'"
             )
-        if token != admin_token:
+        # compare_digest: how long the comparison takes does not tell how much of it matched.
+        if not hmac.compare_digest(token.encode(), expected):
             raise ServiceError(403, "forbidden", "wrong admin token")
         server = request.scope.get("server") or (None, None)
-        if token == DEFAULT_ADMIN_TOKEN and not _is_loopback(server[0]):
+        if admin_token == DEFAULT_ADMIN_TOKEN and not _is_loopback(server[0]):
             raise ServiceError(
                 403,
                 "default_token_refused",

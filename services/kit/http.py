@@ -51,8 +51,11 @@ class ServiceClient:
         retries: int = 2,
         backoff: float = 0.05,
         transport: httpx.AsyncBaseTransport | None = None,
+        internal_token: str = "",
     ) -> None:
         self.peer = peer
+        # The service credential (docs/security.md): the peers' internal routes require it.
+        self.internal_token = internal_token
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -80,6 +83,8 @@ class ServiceClient:
     ) -> httpx.Response:
         """Return the peer's response when it is not a 5xx; raise DownstreamError otherwise."""
         headers = dict(headers or {})
+        if self.internal_token:
+            headers["X-Internal-Token"] = self.internal_token
         cid = correlation_id_var.get()
         if cid:
             headers["X-Correlation-ID"] = cid

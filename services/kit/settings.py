@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.fault_spec import DEFAULT_ADMIN_TOKEN
 from services.topology import SERVICES, SERVICES_BY_NAME
+
+DEV_JWT_SECRET = "triagelab-dev-secret-change-me-0123456789"
+"""The JWT signing key that ships in the repository: accepted only with LAB_MODE=local."""
+DEV_INTERNAL_TOKEN = "triagelab-dev-internal-token-local-lab-only"
+"""The service credential that ships in the repository: accepted only with LAB_MODE=local."""
+SHIPPED_SECRETS = frozenset({DEV_JWT_SECRET, DEV_INTERNAL_TOKEN, DEFAULT_ADMIN_TOKEN})
+"""Every secret value written in this repository (settings, fault_spec, .env, compose)."""
+MIN_SECRET_BYTES = 32
+SECRET_SETTINGS = ("jwt_secret", "admin_token", "internal_token")
+
+
+class InsecureSettings(SystemExit):
+    """A service refuses to start on a missing, short or shipped secret (docs/security.md).
+
+    A SystemExit, so `uvicorn --factory` stops with this one message, not a traceback."""
 
 
 class Settings(BaseSettings):
@@ -54,13 +70,24 @@ class Settings(BaseSettings):
     # Requests
     max_body_bytes: int = Field(64 * 1024, ge=1024)
 
-    # Admin API (fault injection)
-    admin_token: str = DEFAULT_ADMIN_TOKEN
+    # Secrets (docs/security.md). The values that ship in the repository are refused unless
+    # LAB_MODE=local says this is a local lab on loopback; `labctl up` generates its own.
+    lab_mode: Literal["", "local"] = ""
+    admin_token: str = DEFAULT_ADMIN_TOKEN  # the admin API (fault injection)
     fault_audit_file: str = ""
+    internal_token: str = DEV_INTERNAL_TOKEN  # service-to-service credential (X-Internal-Token)
 
-    # auth
-    jwt_secret: str = "triagelab-dev-secret-change-me-0123456789"
+    # auth (jwt_secret also in order, which verifies the shopper's token itself)
+    jwt_secret: str = DEV_JWT_SECRET
     jwt_ttl_seconds: int = Field(3600, ge=1)
+    # Login limits: attempts per client address, failed attempts per account, password hashes
+    # at once (argon2id, 19 MiB each) and logins waiting for one; beyond any of them: 429.
+    login_client_attempts: int = Field(1200, ge=1)
+    login_client_window_seconds: float = Field(60.0, gt=0, le=86_400)
+    login_account_failures: int = Field(10, ge=1)
+    login_account_window_seconds: float = Field(300.0, gt=0, le=86_400)
+    login_hash_concurrency: int = Field(4, ge=1, le=64)
+    login_hash_queue: int = Field(64, ge=0, le=10_000)
 
     # order
     order_reconcile_seconds: float = Field(5.0, gt=0, le=300)
@@ -87,6 +114,41 @@ class Settings(BaseSettings):
         if value not in {"debug", "info", "warning", "error"}:
             raise ValueError("LOG_LEVEL must be one of debug, info, warning, error")
         return value
+
+    @field_validator("lab_mode", mode="before")
+    @classmethod
+    def _lab_mode(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    def secret_problems(self) -> list[str]:
+        """Why these secrets must not be used (empty when they are fine)."""
+        problems = []
+        for name in SECRET_SETTINGS:
+            value: str = getattr(self, name)
+            env = name.upper()
+            size = len(value.encode())
+            if size < MIN_SECRET_BYTES:
+                problems.append(
+                    f"{env} is {size} bytes long; at least {MIN_SECRET_BYTES} are required"
+                )
+            elif value in SHIPPED_SECRETS and self.lab_mode != "local":
+                problems.append(
+                    f"{env} is the development value that ships in the repository; it is "
+                    "accepted only in a local lab (LAB_MODE=local)"
+                )
+        return problems
+
+    def require_safe_secrets(self) -> None:
+        """Raise InsecureSettings (exit with one clear message) unless every secret is usable."""
+        problems = self.secret_problems()
+        if problems:
+            who = self.service_name or "service"
+            raise InsecureSettings(
+                f"{who}: refusing to start: " + "; ".join(problems) + ". Set your own secrets "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(32))'), start the lab "
+                "with `labctl up` (it generates them), or set LAB_MODE=local for a local lab "
+                "on loopback (docs/security.md)."
+            )
 
     @model_validator(mode="after")
     def _budgets_nest(self) -> Settings:

@@ -22,6 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.kit import DatabaseDep, Kit, LogDep, ServiceError, Settings, queue
 from services.kit.metrics import LATENCY_BUCKETS
+from services.kit.service_auth import ServiceOnly
 
 LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
@@ -182,7 +183,8 @@ async def get_outbox(request: Request) -> Outbox:
 
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 
-router = APIRouter(prefix="/notifications", tags=["notifications"])
+# Internal: only the lab's services (order's outbox) call notification (docs/security.md).
+router = APIRouter(prefix="/notifications", tags=["notifications"], dependencies=[ServiceOnly])
 
 
 @router.post("", status_code=202, response_model=NotificationOut)

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
@@ -25,6 +25,7 @@ from structlog.typing import FilteringBoundLogger
 from services.kit import DatabaseDep, Kit, LogDep, ServiceError, Settings, SettingsDep
 from services.kit.checkout import Cart, IdempotencyKey
 from services.kit.db import Database
+from services.kit.service_auth import ServiceOnly, ShopperDep
 
 from .ledger import Ledger
 from .models import NONTERMINAL, OUTBOX_STATUSES, PRODUCTS, STATUSES, Base, Order, OrderItem
@@ -35,7 +36,9 @@ REPLAYED = {"Idempotent-Replayed": "true"}
 
 
 class NewOrder(Cart):
-    user: str = Field(min_length=1, max_length=64)
+    # No `user`: the shopper is the verified `sub` of the bearer token the gateway forwards
+    # (ShopperDep), never a body field a caller could fill in; extra fields are refused.
+    model_config = {"extra": "forbid"}
     idempotency_key: IdempotencyKey | None = None
 
 
@@ -96,14 +99,14 @@ def _out(o: Order, with_items: bool = True) -> OrderOut:
     )
 
 
-def fingerprint(body: NewOrder) -> str:
+def fingerprint(body: NewOrder, user: str) -> str:
     """What makes two checkouts under one key the same request (items in any order). Only the
     card's last four digits go in: no hash of a card number is stored."""
     canonical = {
         "items": sorted((i.product_id, i.quantity) for i in body.items),
         "card_last4": body.card_number[-4:],
         "currency": body.currency,
-        "user": body.user,
+        "user": user,
         "key": body.idempotency_key,
     }
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
@@ -123,7 +126,8 @@ async def get_ledger(request: Request) -> Ledger:
 
 LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 
-router = APIRouter(tags=["orders"])
+# Internal: only the lab's services (the gateway) call order (docs/security.md).
+router = APIRouter(tags=["orders"], dependencies=[ServiceOnly])
 
 
 @router.get("/products", response_model=list[Product])
@@ -133,19 +137,24 @@ async def products() -> list[Product]:
 
 @router.post("/orders", status_code=201, response_model=OrderOut)
 async def create_order(
-    body: NewOrder, ledger: LedgerDep, db: DatabaseDep, settings: SettingsDep, log: LogDep
+    body: NewOrder,
+    user: ShopperDep,
+    ledger: LedgerDep,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    log: LogDep,
 ) -> OrderOut | JSONResponse:
     unknown = [i.product_id for i in body.items if i.product_id not in PRODUCTS]
     if unknown:
         raise ServiceError(422, "unknown_product", f"unknown product: {', '.join(unknown)}")
-    digest = fingerprint(body)
+    digest = fingerprint(body, user)
     budget = settings.request_budget_seconds
-    if body.idempotency_key and (existing := await _by_key(db, body)) is not None:
+    if body.idempotency_key and (existing := await _by_key(db, body, user)) is not None:
         return await _replay(ledger, log, budget, existing, body, digest)
     now = time.time()
     order = Order(
         id="ord_" + uuid.uuid4().hex[:20],
-        user=body.user,
+        user=user,
         status="pending",
         total_cents=sum(PRODUCTS[i.product_id][1] * i.quantity for i in body.items),
         currency=body.currency,
@@ -169,7 +178,7 @@ async def create_order(
         except IntegrityError:
             # The same key arrived twice at once: the first one owns the order.
             await s.rollback()
-            existing = await _by_key(db, body)
+            existing = await _by_key(db, body, user)
             if existing is None:
                 raise
             return await _replay(ledger, log, budget, existing, body, digest)
@@ -180,11 +189,11 @@ async def create_order(
     return _out(order)
 
 
-async def _by_key(db: Database, body: NewOrder) -> Order | None:
+async def _by_key(db: Database, body: NewOrder, user: str) -> Order | None:
     async with db.session() as s:
         return await s.scalar(
             select(Order)
-            .where(Order.user == body.user, Order.idempotency_key == body.idempotency_key)
+            .where(Order.user == user, Order.idempotency_key == body.idempotency_key)
             .options(selectinload(Order.items))
         )
 

@@ -28,6 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.kit import DatabaseDep, Kit, LogDep, ServiceError, Settings, SettingsDep
 from services.kit.checkout import CardNumber, Currency
+from services.kit.service_auth import ServiceOnly
 
 # Documented in docs/services.md: these cards are declined with a 402, like a real processor.
 DECLINED_CARDS = {
@@ -118,7 +119,8 @@ async def get_payments(request: Request) -> Counter:
 
 PaymentsDep = Annotated[Counter, Depends(get_payments)]
 
-router = APIRouter(prefix="/payments", tags=["payments"])
+# Internal: only the lab's services (order) call payment (docs/security.md).
+router = APIRouter(prefix="/payments", tags=["payments"], dependencies=[ServiceOnly])
 
 
 @router.post("/charge", status_code=201, response_model=ChargeOut)

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from unittest import mock
 
 from fastapi import APIRouter, FastAPI
@@ -23,6 +25,15 @@ from services.kit import Settings
 from services.kit.app import FastAPIInstrumentor, Kit
 
 SERVICE = "gateway"  # the kit only builds apps for the five known service names
+
+
+def bench_settings() -> Settings:
+    """Settings from the environment (SPAN_FILE, TRACE_SAMPLE_RATIO...), with random secrets
+    where it sets none: the kit refuses the shipped ones (docs/security.md)."""
+    names = ("jwt_secret", "admin_token", "internal_token")
+    return Settings(
+        **{n: secrets.token_urlsafe(32) for n in names if not os.environ.get(n.upper())}
+    )
 
 
 async def ping() -> dict:
@@ -42,18 +53,18 @@ def _router() -> APIRouter:
 
 
 def kit_app() -> FastAPI:
-    settings = Settings()  # SPAN_FILE, TRACE_SAMPLE_RATIO... from the environment
+    settings = bench_settings()  # SPAN_FILE, TRACE_SAMPLE_RATIO... from the environment
     return Kit(SERVICE, settings).build_app(title="bench-kit", routers=[_router()])
 
 
 def kit_notrace_app() -> FastAPI:
-    settings = Settings()
+    settings = bench_settings()
     with mock.patch.object(FastAPIInstrumentor, "instrument_app", lambda *a, **k: None):
         return Kit(SERVICE, settings).build_app(title="bench-kit-notrace", routers=[_router()])
 
 
 def kit_native_app() -> FastAPI:
-    kit = Kit(SERVICE, Settings())
+    kit = Kit(SERVICE, bench_settings())
     telemetry = {
         "tracer_provider": kit.tracer_provider,
         "metrics": False,  # the kit's RED middleware counts requests
