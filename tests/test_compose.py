@@ -26,7 +26,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 SERVICES = {name: svc.port for name, svc in topology.SERVICES_BY_NAME.items()}  # the one source
 MEMORY_BUDGET = 2 * 1024**3
 LOCAL_IMAGE = "${TRIAGELAB_IMAGE}"  # built once from deploy/docker/Dockerfile
-PYTHON_SERVICES = {*SERVICES, "receiver", "locust"}
+PYTHON_SERVICES = {*SERVICES, "receiver", "locust", "locust-worker"}
 
 
 def _compose(*args: str) -> subprocess.CompletedProcess:
