@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Annotated, ClassVar, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from starlette.routing import compile_path
 
 DEFAULT_ADMIN_TOKEN = "triagelab-admin-dev-token-local-lab-only"
 """The admin API's development bearer token (it ships in the repository): the services accept
@@ -28,15 +29,11 @@ MAX_FAULT_MEMORY_MB = 2048
 MAX_CPU_BURN_THREADS = 2
 """Active ``cpu_burn`` faults of one service (each runs one thread)."""
 
-# A fault's `route` is a path, never a regular expression: matching it is a comparison (exact, a
-# template's segments, or a literal prefix), linear in the path's length, so no pattern can
-# backtrack on the event loop. A segment is literal characters or one `{name}`.
-_LITERAL_SEGMENT = re.compile(r"[A-Za-z0-9._~-]*")
-_PARAM_SEGMENT = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+# A fault's `route` is a path, never a regular expression a client writes: a path template
+# (literal segments and `{name}` segments, compiled by Starlette as its own routes are: `{name}`
+# is `[^/]+`, so matching is linear and cannot backtrack) or a literal prefix ending in `*`.
+_TEMPLATE = re.compile(r"(/([A-Za-z0-9._~-]*|\{[A-Za-z_][A-Za-z0-9_]*\}))+")
 _LITERAL_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
-# The earlier regex form, accepted where it is an anchored literal: "^/payments/charge" (a
-# prefix) or "^/orders$" (exact). Anything else that looks like a regex is refused.
-_LEGACY_LITERAL = re.compile(r"/[A-Za-z0-9_~/-]*")
 ROUTE_HELP = (
     "route is a path, not a regex: '/payments/charge' (exactly that path), "
     "'/orders/{order_id}' (a template: {name} matches one segment) or '/payments/*' "
@@ -47,56 +44,15 @@ ROUTE_HELP = (
 def route_matcher(route: str) -> Callable[[str], bool]:
     """What a fault's `route` matches, as a function of the request path (ValueError if the
     route is not one of the forms of ROUTE_HELP)."""
-    if route.startswith("^"):  # an anchored literal in the old regex form
-        body = route[1:]
-        exact = body.endswith("$")
-        body = body[:-1] if exact else body
-        if not _LEGACY_LITERAL.fullmatch(body):
-            raise ValueError(ROUTE_HELP)
-        return body.__eq__ if exact else _prefix(body)
     if route.endswith("*"):
         prefix = route[:-1]
-        if not _LITERAL_PATH.fullmatch(prefix):
+        if not _LITERAL_PATH.fullmatch(prefix) or prefix.endswith("."):  # "/api/.*": a regex
             raise ValueError(ROUTE_HELP + "; only the last character may be '*'")
-        if prefix.endswith("."):  # "/api/.*" means a regex, not the prefix "/api/."
-            raise ValueError(ROUTE_HELP + "; '.*' is regex syntax")
-        return _prefix(prefix)
-    if not route.startswith("/"):
+        return lambda path: path.startswith(prefix)
+    if not _TEMPLATE.fullmatch(route):
         raise ValueError(ROUTE_HELP)
-    segments = route.split("/")[1:]
-    template: list[str | None] = []
-    for segment in segments:
-        if _LITERAL_SEGMENT.fullmatch(segment):
-            template.append(segment)
-        elif _PARAM_SEGMENT.fullmatch(segment):
-            template.append(None)
-        else:
-            raise ValueError(f"{ROUTE_HELP}; {segment!r} is neither literal nor {{name}}")
-    if None not in template:
-        return route.__eq__
-    return _template(tuple(template))
-
-
-def _prefix(prefix: str) -> Callable[[str], bool]:
-    def match(path: str) -> bool:
-        return path.startswith(prefix)
-
-    return match
-
-
-def _template(template: tuple[str | None, ...]) -> Callable[[str], bool]:
-    size = len(template) + 1
-
-    def match(path: str) -> bool:
-        parts = path.split("/", size)  # at most one part more than the template: no match
-        if len(parts) != size or parts[0]:
-            return False
-        return all(
-            part if want is None else part == want
-            for part, want in zip(parts[1:], template, strict=True)
-        )
-
-    return match
+    regex = compile_path(route)[0]
+    return lambda path: regex.match(path) is not None
 
 
 class _Fault(BaseModel):

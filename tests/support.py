@@ -22,6 +22,7 @@ import psutil
 
 from labctl.native.procs import listening_ports
 from services.kit import Settings
+from services.kit.service_auth import SHOPPER_TOKEN_ALGORITHM, SHOPPER_TOKEN_ISSUER
 from services.topology import CALLED as PEERS
 from services.topology import SERVICES as SERVICE_NAMES
 from services.topology import start_waves
@@ -45,8 +46,8 @@ INTERNAL = {"X-Internal-Token": TEST_SECRETS["internal_token"]}
 def shopper_token(user: str, secret: str = TEST_SECRETS["jwt_secret"], ttl: int = 600) -> str:
     """A token for `user` signed like auth signs one (for calling order directly)."""
     now = int(time.time())
-    claims = {"sub": user, "iat": now, "exp": now + ttl, "iss": "triagelab-auth"}
-    return jwt.encode(claims, secret, algorithm="HS256")
+    claims = {"sub": user, "iat": now, "exp": now + ttl, "iss": SHOPPER_TOKEN_ISSUER}
+    return jwt.encode(claims, secret, algorithm=SHOPPER_TOKEN_ALGORITHM)
 
 
 def as_shopper(user: str, secret: str = TEST_SECRETS["jwt_secret"]) -> dict[str, str]:

@@ -553,7 +553,7 @@ def test_verify_rebuilds_a_broken_lab_and_goes_on(
             pid = json.loads(lab_.state_file.read_text())["components"]["payment"]["pid"]
             psutil.Process(pid).kill()
             psutil.Process(pid).wait(10)
-        journal = SimpleNamespace(expected=[], data_check=SimpleNamespace(ok=True))
+        journal = SimpleNamespace(expected=[], data_check=SimpleNamespace(ok=True), native=[])
         return SimpleNamespace(
             tracker=SimpleNamespace(fired=list), journal=journal, verdict="PASS", failures=[],
             run_dir=tmp_path / run_id,

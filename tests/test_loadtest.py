@@ -293,6 +293,7 @@ def test_exporter_address_from_env() -> None:
 # integration: real services (uvicorn processes) and a real Locust process, all on 127.0.0.1
 
 from services.topology import SERVICES  # noqa: E402  (start order: leaves first)
+from tests.support import SECRET_ENV  # noqa: E402
 
 ROUTES = {
     ("POST", "/api/login"),
@@ -351,6 +352,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
             sock.set_inheritable(True)
             urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
             env = child_env(
+                **SECRET_ENV,  # the services refuse the shipped secrets (docs/security.md)
                 DATA_DIR=str(tmp / "data"),
                 SPAN_FILE=str(tmp / f"{name}.spans.jsonl"),
                 LOG_LEVEL="warning",

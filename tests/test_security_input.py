@@ -197,7 +197,7 @@ def test_a_hostile_route_cannot_freeze_the_service(lab, client):
 def test_route_forms_match_as_documented(lab, client):
     url = lab.url("order")
     try:
-        for route in ("/orders/{order_id}", "/products*", "^/outbox$"):
+        for route in ("/orders/{order_id}", "/products*", "/outbox"):
             assert _set_fault(client, url, kind="error", status=503, route=route).status_code == 201
         hit = ["/orders/ord_1", "/products", "/outbox"]
         miss = ["/orders", "/orders/ord_1/x", "/outbox/x"]
