@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from labctl.config import COMPONENTS, SERVICES
 
+from labctl.config import COMPONENTS, SERVICES
 from tests.bench import footprint, run_all, span_cost
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

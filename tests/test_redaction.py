@@ -31,8 +31,9 @@ from opentelemetry.trace import Link
 from pydantic import BaseModel, Field, ValidationError
 
 from services.kit import Settings
+from services.kit.checkout import luhn_valid as luhn_ok
 from services.kit.logs import configure_logging, get_logger
-from services.kit.redact import luhn_ok, redact_any, redact_text
+from services.kit.redact import redact_any, redact_text
 from services.kit.tracing import RedactingSpanExporter, build_tracer_provider, redact_span
 from tests.support import running_services, wait_until
 

@@ -7,18 +7,23 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 
-def luhn_ok(number: str) -> bool:
-    if not (number.isascii() and number.isdigit()):  # int() takes "٤" (Arabic-Indic) too
-        return False
-    digits = [int(d) for d in number]
-    checksum = 0
-    for i, d in enumerate(reversed(digits)):
+def luhn_valid(digits: str) -> bool:
+    """The Luhn check over a string of decimal digits (any Unicode decimal digit: the log
+    redaction masks card numbers however they were written)."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
         if i % 2:
             d *= 2
             if d > 9:
                 d -= 9
-        checksum += d
-    return checksum % 10 == 0
+        total += d
+    return total % 10 == 0
+
+
+def luhn_ok(number: str) -> bool:
+    """A card number: ASCII digits only (int() takes "٤", Arabic-Indic, too) and Luhn-valid."""
+    return number.isascii() and number.isdigit() and luhn_valid(number)
 
 
 def _luhn(value: str) -> str:

@@ -36,6 +36,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from .checkout import luhn_valid
+
 REDACTED = "[REDACTED]"
 MAX_DEPTH = 24  # deeper (or cyclic) containers are cut here, not recursed into forever
 
@@ -79,19 +81,6 @@ _HEX = frozenset(_HEX_DIGITS)
 _EPOCH = tuple((978_307_200 * f, 2_051_222_400 * f) for f in (10**3, 10**6, 10**9))
 
 
-def luhn_ok(digits: str) -> bool:
-    """The Luhn check over a string of decimal digits (any Unicode decimal digit)."""
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
-
-
 def _is_epoch(digits: str) -> bool:
     if len(digits) not in (13, 16, 19):
         return False
@@ -105,7 +94,7 @@ def _pan_mask(digits: str) -> str:
 
 def _mask_digit_run(digits: str) -> str | None:
     """The mask for a bare run of 12-19 digits that is a card number, else None."""
-    if luhn_ok(digits) and not _is_epoch(digits):
+    if luhn_valid(digits) and not _is_epoch(digits):
         return _pan_mask(digits)
     return None
 
@@ -149,7 +138,7 @@ def _pan_sub(m: re.Match) -> str:
     for size in range(n, 0, -1):
         for i in range(n - size + 1):
             digits = "".join(groups[i : i + size])
-            if 12 <= len(digits) <= 19 and luhn_ok(digits):
+            if 12 <= len(digits) <= 19 and luhn_valid(digits):
                 return _pan_mask(digits)
     return text
 

@@ -64,8 +64,9 @@ def client_address(request: Request, settings: Settings) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def verify_shopper_token(token: str, key: str) -> str:
-    """The ``sub`` of a valid token signed by auth; ServiceError 401 otherwise."""
+def verify_shopper_token(token: str, key: str) -> tuple[str, int]:
+    """``(sub, exp)`` of a valid token as auth's login issues them; ServiceError 401 otherwise
+    (``token_expired`` or ``invalid_token``). Auth's /auth/verify and order both use it."""
     try:
         claims = jwt.decode(
             token,
@@ -76,12 +77,17 @@ def verify_shopper_token(token: str, key: str) -> str:
         )
     except jwt.ExpiredSignatureError as exc:
         raise ServiceError(401, "token_expired", "the token has expired") from exc
-    except (jwt.InvalidTokenError, TypeError, ValueError) as exc:
+    except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError) as exc:
+        # PyJWT lets int() of a claim raise through: "exp": 1e999 is an OverflowError.
         raise ServiceError(401, "invalid_token", "the token is not valid") from exc
-    sub = claims.get("sub")
-    if not isinstance(sub, str) or not 1 <= len(sub) <= MAX_USER_LENGTH:
+    # Signed with the key, but not what login issues (a float exp, a sub that is not a name):
+    # a 401 like any invalid token, never a 500 while building the answer.
+    exp, sub = claims.get("exp"), claims.get("sub")
+    if not (type(exp) is int and isinstance(sub, str) and sub.isprintable()):
         raise ServiceError(401, "invalid_token", "the token is not valid")
-    return sub
+    if not 1 <= len(sub) <= MAX_USER_LENGTH:
+        raise ServiceError(401, "invalid_token", "the token is not valid")
+    return sub, exp
 
 
 async def shopper(request: Request, settings: SettingsDep) -> str:
@@ -89,7 +95,7 @@ async def shopper(request: Request, settings: SettingsDep) -> str:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token or len(token) > 4096:
         raise ServiceError(401, "missing_token", "a Bearer token is required")
-    return verify_shopper_token(token.strip(), settings.jwt_secret)
+    return verify_shopper_token(token.strip(), settings.jwt_secret)[0]
 
 
 ShopperDep = Annotated[str, Depends(shopper)]
