@@ -13,7 +13,6 @@ from pathlib import Path
 
 import yaml
 
-from services.fault_spec import DEFAULT_ADMIN_TOKEN
 from services.topology import DEFAULT_PORTS, SERVICES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = tuple(DEFAULT_PORTS)
 """The services in start order (services/topology.toml), then the lab's own components."""
 
-__all__ = ["DEFAULT_ADMIN_TOKEN", "SERVICES"]
+__all__ = ["SERVICES"]
 
 HTTP_TIMEOUT = 5.0
 """Seconds for one call to a lab API (Prometheus, a service's admin API, the receiver)."""

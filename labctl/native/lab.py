@@ -43,15 +43,15 @@ from labctl.config import (
 from labctl.native import procs
 from labctl.native.binaries import find_binaries
 from labctl.native.components import HOST, SPECS, STOP_WAVES, ComponentStatus
+from services.kit.settings import MIN_SECRET_BYTES, SECRET_SETTINGS
 
 
 def _now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-LAB_SECRETS = ("JWT_SECRET", "ADMIN_TOKEN", "INTERNAL_TOKEN")
+LAB_SECRETS = tuple(name.upper() for name in SECRET_SETTINGS)
 """The secrets of one lab (docs/security.md): random per lab, in its runtime folder."""
-MIN_SECRET_BYTES = 32  # the services refuse shorter ones (services/kit/settings.py)
 
 
 def _atomic_write(path: Path, text: str) -> None:
