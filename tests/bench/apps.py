@@ -23,6 +23,7 @@ from fastapi import APIRouter, FastAPI
 import services.kit.app as kit_module
 from services.kit import Settings
 from services.kit.app import FastAPIInstrumentor, Kit
+from services.kit.settings import SECRET_SETTINGS
 
 SERVICE = "gateway"  # the kit only builds apps for the five known service names
 
@@ -30,9 +31,8 @@ SERVICE = "gateway"  # the kit only builds apps for the five known service names
 def bench_settings() -> Settings:
     """Settings from the environment (SPAN_FILE, TRACE_SAMPLE_RATIO...), with random secrets
     where it sets none: the kit refuses the shipped ones (docs/security.md)."""
-    names = ("jwt_secret", "admin_token", "internal_token")
     return Settings(
-        **{n: secrets.token_urlsafe(32) for n in names if not os.environ.get(n.upper())}
+        **{n: secrets.token_urlsafe(32) for n in SECRET_SETTINGS if not os.environ.get(n.upper())}
     )
 
 
