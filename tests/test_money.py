@@ -257,7 +257,18 @@ def test_order_crashing_between_the_charge_and_its_status_write_loses_nothing(tm
                 row = conn.execute("SELECT id FROM orders WHERE status='pending'").fetchone()
             return row[0] if row else None
 
+        def charge_at_payment() -> bool:
+            # The pending row is committed just before the charge is sent: pausing order on the
+            # row alone can freeze it before the request leaves (seen once in CI). Payment holds
+            # the charge for its 1.2 s latency, so its in-flight gauge shows it arrived.
+            text = httpx.get(procs.url("payment") + "/metrics", timeout=5).text
+            return any(
+                line.startswith("http_requests_in_flight ") and float(line.split()[1]) >= 1
+                for line in text.splitlines()
+            )
+
         order_id = wait_until(pending_order, timeout=10, what="the order written, charge in flight")
+        wait_until(charge_at_payment, timeout=10, what="the charge arrived at payment")
         procs.pause("order")  # frozen before it can record the answer
         wait_until(
             lambda: httpx.get(
