@@ -82,6 +82,7 @@ class LoadSettings:
     currency: str = "EUR"
     timeout: float = 10.0
     checkout_retries: int = 2
+    checkouts_file: str = ""  # each checkout answered 201, a JSON line (the drill's data check)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LoadSettings:
@@ -99,4 +100,5 @@ class LoadSettings:
             currency=(env.get("LOCUST_CURRENCY") or "EUR").strip().upper(),
             timeout=_float(env, "LOCUST_TIMEOUT", 10.0, 0.1, 600.0),
             checkout_retries=int(_float(env, "LOCUST_CHECKOUT_RETRIES", 2, 0, 10)),
+            checkouts_file=env.get("LOCUST_CHECKOUTS_FILE", "").strip(),
         )

@@ -20,6 +20,7 @@ the shop replays the first answer instead of selling twice.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import random
 import time
@@ -51,6 +52,17 @@ _next_user = itertools.count()
 # Checkout results of this process, logged when Locust stops (declines are successes in
 # Locust's own stats, so they are counted here).
 JOURNEY: Counter[str] = Counter()
+# The shopper's own record of what the shop accepted (LOCUST_CHECKOUTS_FILE): a drill against a
+# lab known only by its URLs has no gateway log to read it from (labctl.drills.data_check).
+_CHECKOUTS = (
+    open(SETTINGS.checkouts_file, "a", encoding="utf-8") if SETTINGS.checkouts_file else None
+)
+
+
+def _record_checkout(order_id: str) -> None:
+    if _CHECKOUTS is not None:
+        _CHECKOUTS.write(json.dumps({"ts": time.time(), "order_id": order_id}) + "\n")
+        _CHECKOUTS.flush()
 
 
 class Shopper(FastHttpUser):
@@ -189,6 +201,7 @@ class Shopper(FastHttpUser):
                 resp.failure("checkout response has no order_id")
                 return "done"
             JOURNEY["approved"] += 1
+        _record_checkout(order_id)
         self.orders.append(order_id)
         return "done"
 

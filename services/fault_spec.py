@@ -133,7 +133,8 @@ class WorkerStallFault(_Fault):
 
 
 class CrashFault(_Fault):
-    """The process exits (no supervisor restarts it in the native lab)."""
+    """The process exits, and exits again at startup until the fault ends (a crash loop where
+    the platform restarts it; services.kit.faults.crash_hold_path)."""
 
     kind: Literal["crash"]
     exit_code: int = Field(70, ge=1, le=255)

@@ -34,6 +34,7 @@ import pytest
 import yaml
 
 from labctl.config import loaded_rule_files
+from labctl.drills.target import UrlLab
 from services import topology
 from services.kit.settings import SECRET_SETTINGS, SHIPPED_SECRETS, Settings
 
@@ -642,6 +643,17 @@ def test_new_trainee_makes_a_lab_of_its_own_per_name(rendered):
         mine = by_kind(objs, "Secret")[0]["data"]
         theirs = by_kind(example, "Secret")[0]["data"]
         assert all(mine[k] != theirs[k] for k in SECRET_KEYS)
+        # a lab file for drills against it: that trainee's credentials, each URL on the port of
+        # the Service it forwards (deploy/labs/kubernetes.toml, docs/kubernetes.md)
+        lab = UrlLab.load(out / "lab.toml")
+        assert lab.admin_token() == base64.b64decode(mine["ADMIN_TOKEN"]).decode()
+        assert lab.internal_token() == base64.b64decode(mine["INTERNAL_TOKEN"]).decode()
+        ports = {
+            svc["metadata"]["name"]: {p["port"] for p in svc["spec"]["ports"]}
+            for svc in by_kind(objs, "Service")
+        }
+        for component, url in lab.urls.items():
+            assert int(url.rsplit(":", 1)[1]) in ports[component], (component, url)
         # names that are not DNS labels are refused
         bad = subprocess.run(
             [str(K8S / "new-trainee.sh"), "Not_A_Name"], capture_output=True, text=True, timeout=30

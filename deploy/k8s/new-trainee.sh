@@ -1,7 +1,8 @@
 #!/bin/sh
 # Make one trainee lab overlay per name: deploy/k8s/trainees/<name>/, a copy of
 # overlays/trainee with <name> in place of "example" (namespace triagelab-<name>, objects
-# named *-<name>), with its own credentials (new-secrets.sh). Existing overlays and their
+# named *-<name>), with its own credentials (new-secrets.sh) and a lab file for drills
+# (lab.toml, from deploy/labs/kubernetes.toml). Existing overlays and their
 # secrets are kept. deploy/k8s/trainees/ is git-ignored. docs/kubernetes.md.
 #
 #   deploy/k8s/new-trainee.sh alice bob carol
@@ -29,5 +30,7 @@ for name in "$@"; do
         sed "s/\bexample\b/$name/g" "$template/$file" >"$out/$file"
     done
     "$here/new-secrets.sh" "$out" >/dev/null
+    # A lab file for drills against this lab (labctl drill ... --lab), with its credentials.
+    sed 's#^secrets = .*#secrets = "lab-secrets.env"#' "$here/../labs/kubernetes.toml" >"$out/lab.toml"
     echo "deploy/k8s/trainees/$name: namespace triagelab-$name"
 done

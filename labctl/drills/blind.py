@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -20,6 +21,7 @@ from labctl.drills.journal import Answer, Journal
 from labctl.drills.model import NO_INCIDENT, Drill, load_drills
 from labctl.drills.report import write_report
 from labctl.drills.scoring import MAX_GUESSES, Guess, Score, is_right, normalise, score
+from labctl.drills.target import open_lab
 from labctl.native.lab import NativeLab
 from services.fault_spec import FAULT_KINDS
 
@@ -92,10 +94,13 @@ def cmd_blind(args: argparse.Namespace) -> int:
         )
     drills = load_drills()
     drill = pick(drills, args.seed)
-    lab = NativeLab(lab_dir(), out=say)
+    lab = open_lab(args.lab, lambda: NativeLab(lab_dir(), out=say))
     try:
-        if not all(s in lab.urls for s in ("gateway", "prometheus")):
-            raise LabError("the lab is not running: start it with `make up`")
+        if missing := lab.unreachable():
+            raise LabError(
+                f"the lab in {lab.where} is not running ({', '.join(missing)} missing): "
+                "start it with `make up`"
+            )
     finally:
         lab.close()
     run_id = new_run_id(blind=True)
@@ -104,6 +109,8 @@ def cmd_blind(args: argparse.Namespace) -> int:
     log = run_dir / "runner.log"
     argv = [sys.executable, "-m", "labctl", "drill", "run", drill.id, "--blind"]
     argv += ["--run-id", run_id, "--log", str(log)]
+    if args.lab:
+        argv += ["--lab", str(Path(args.lab).resolve())]
     with log.open("ab") as fh:
         proc = subprocess.Popen(
             argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,

@@ -6,14 +6,14 @@ drill in the background, its name hidden), ``hint``, ``answer --service X --kind
 no data lost, every native debrief step finds what it says; a table and exit 1 on any
 failure), ``steps [run]`` (a finished run's native debrief steps, run again).
 
-``run``/``blind`` use the lab in ``LAB_DIR`` (default var/lab, what ``make up`` started);
-``verify`` starts its own lab on free ports in var/drills/lab unless ``--use-running``.
+``run``/``blind``/``rollback`` use the lab in ``LAB_DIR`` (default var/lab, what ``make up``
+started), or with ``--lab FILE`` any lab given by its URLs (labctl.drills.target); ``verify``
+starts its own lab on free ports in var/drills/lab unless ``--use-running`` or ``--lab``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from labctl.config import SERVICES, LabError, lab_dir
@@ -23,9 +23,9 @@ from labctl.drills.execute import execute
 from labctl.drills.faults import FaultClient
 from labctl.drills.journal import Journal
 from labctl.drills.model import load_drills
-from labctl.drills.native_steps import check_steps, window_of
+from labctl.drills.native_steps import check_steps, command_line, window_of
 from labctl.drills.prometheus import Prometheus
-from labctl.drills.restart import restart_services
+from labctl.drills.target import open_lab
 from labctl.drills.verify import cmd_verify
 from labctl.native.lab import NativeLab
 
@@ -40,7 +40,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     drill = find_drill(load_drills(), args.drill)
-    lab = NativeLab(lab_dir(), out=say)
+    lab = open_lab(args.lab, lambda: NativeLab(lab_dir(), out=say))
     out = say
     if args.log:
         log = Path(args.log).open("a", encoding="utf-8")  # lives as long as the run
@@ -58,16 +58,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Clear every fault and restart crashed services, e.g. after a killed drill runner."""
-    lab = NativeLab(lab_dir(), out=say)
+    lab = open_lab(args.lab, lambda: NativeLab(lab_dir(), out=say))
     try:
         urls = lab.urls
         services = {s: u for s, u in urls.items() if s in SERVICES}
         faults = FaultClient(services, lab.admin_token())
         say(f"cleared: {faults.clear_all()}")
         faults.close()
-        state = json.loads(lab.state_file.read_text(encoding="utf-8"))
-        ports = {n: e["port"] for n, e in state["components"].items() if e.get("port")}
-        restarted = restart_services(lab, ports, say)
+        restarted = lab.restart(say)
         say(f"restarted: {', '.join(restarted) or 'nothing'}")
     finally:
         lab.close()
@@ -92,11 +90,14 @@ def cmd_steps(args: argparse.Namespace) -> int:
     prom = Prometheus(urls.get("prometheus", ""))
     try:
         window = window_of(drill, journal.started_at, journal.load_ended_at)
-        results = check_steps(drill, Path(journal.lab["runtime_dir"]), prom, window)
+        runtime_dir = journal.lab.get("runtime_dir")  # absent for a lab given by URLs
+        results = check_steps(drill, runtime_dir and Path(runtime_dir), prom, window)
     finally:
         prom.close()
     say(f"{journal.run_id} ({drill.id}): the debrief's native steps, run now")
-    for step, result in zip(drill.debrief.native, results, strict=True):
+    steps = {command_line(step, window): step for step in drill.debrief.native}
+    for result in results:
+        step = steps[result.command]
         say(f"\n[{step.pillar}] {result.command}\n  shows: {step.finds}")
         say(f"  found: {result.found} -> {'ok' if result.ok else 'NOT FOUND'}")
     return 0 if all(r.ok for r in results) else 1
@@ -107,8 +108,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("drill", help="chaos drills: list, run, blind, hint, answer, verify")
     sub = parser.add_subparsers(dest="drill_command", required=True)
     sub.add_parser("list", help="the drills").set_defaults(func=cmd_list)
+    lab_help = "a lab given by its URLs: a lab file (TOML, docs/drills.md); default: LAB_DIR"
     run = sub.add_parser("run", help="run one drill against the running lab")
     run.add_argument("drill")
+    run.add_argument("--lab", metavar="FILE", help=lab_help)
     run.add_argument("--run-id")
     run.add_argument("--blind", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--log", help=argparse.SUPPRESS)
@@ -116,6 +119,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     blind = sub.add_parser("blind", help="start a random drill without revealing it")
     blind.add_argument("--seed", type=int)
     blind.add_argument("--force", action="store_true", help="abandon an open blind drill")
+    blind.add_argument("--lab", metavar="FILE", help=lab_help)
     blind.set_defaults(func=cmd_blind)
     hint = sub.add_parser("hint", help="next hint of the blind drill (costs points)")
     hint.set_defaults(func=cmd_hint)
@@ -126,10 +130,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ver = sub.add_parser("verify", help="run drills and check alerts, bounds and data")
     ver.add_argument("--only", help="comma-separated drill ids")
     ver.add_argument("--use-running", action="store_true", help="use the lab in LAB_DIR")
+    ver.add_argument("--lab", metavar="FILE", help=lab_help)
     ver.add_argument("--keep-lab", action="store_true", help="leave verify's own lab running")
     ver.set_defaults(func=cmd_verify)
     steps = sub.add_parser("steps", help="a finished run's native debrief steps, run again")
     steps.add_argument("run", nargs="?", help="run id (a folder in var/drills; default: latest)")
     steps.set_defaults(func=cmd_steps)
     rollback = sub.add_parser("rollback", help="clear all faults, restart crashed services")
+    rollback.add_argument("--lab", metavar="FILE", help=lab_help)
     rollback.set_defaults(func=cmd_rollback)

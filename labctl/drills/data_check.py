@@ -64,6 +64,22 @@ def accepted_orders(gateway_log: Path, since: float) -> set[str] | None:
     return found
 
 
+def checked_out(checkouts_file: Path, since: float) -> set[str] | None:
+    """Order ids the drill's shoppers were answered 201 for (Locust's LOCUST_CHECKOUTS_FILE)."""
+    if not checkouts_file.exists():
+        return None
+    found = set()
+    with checkouts_file.open(encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                record = json.loads(line)
+                if float(record["ts"]) >= since - 1:
+                    found.add(str(record["order_id"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a stopped Locust
+    return found
+
+
 def fetch_state(http: httpx.Client, urls: dict[str, str], since: float) -> dict[str, list[dict]]:
     """Orders, confirmations, notifications and charges made since `since`, from the services.
 

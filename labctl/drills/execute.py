@@ -10,6 +10,7 @@ from labctl.drills.common import DRILLS_VAR, say
 from labctl.drills.model import Drill
 from labctl.drills.report import write_report
 from labctl.drills.runner import DrillRunner, RunResult
+from labctl.drills.target import DrillLab
 from labctl.native.lab import NativeLab
 
 
@@ -27,7 +28,7 @@ def finish(result: RunResult) -> None:
 
 
 def execute(
-    lab: NativeLab,
+    lab: NativeLab | DrillLab,
     drill: Drill,
     run_id: str,
     *,

@@ -25,11 +25,13 @@ class Locust:
             "--headless", "--host", gateway, "--only-summary",
             "--csv", str(run_dir / "locust"),
         ]  # fmt: skip
+        self.checkouts = run_dir / "checkouts.jsonl"  # what the shop accepted, as shoppers saw it
         self.env = {
             **os.environ,
             "LOCUST_SHAPE_DURATION": str(drill.load.duration),
             "LOCUST_SHAPE_USERS": str(drill.load.users),
             "LOCUST_METRICS_PORT": "off",
+            "LOCUST_CHECKOUTS_FILE": str(self.checkouts),
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
         }

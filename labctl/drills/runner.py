@@ -1,10 +1,12 @@
-"""Running one drill against a running native lab: load, fault timeline, alerts, rollback, checks.
+"""Running one drill against a running lab: load, fault timeline, alerts, rollback, checks.
 
+The lab is a ``labctl.drills.target.DrillLab``: the native lab, or any lab given by its URLs.
 The runner owns three things it must give back whatever happens (end, Ctrl-C, SIGTERM, error):
-the faults it set (cleared on every service), the services a crash fault took down (restarted
-through the lab runner on the same port, so peers and Prometheus find them again) and the Locust
-process it started. Alerts are read from Prometheus (``/api/v1/alerts``: exact activeAt, so a
-firing time is activeAt + the rule's ``for``) and, for the journal, from the alert receiver.
+the faults it set (cleared on every service), the services a crash fault took down (natively
+restarted through the lab runner on the same port, so peers and Prometheus find them again; on a
+platform, waited for until its restart policy has them back) and the Locust process it started.
+Alerts are read from Prometheus (``/api/v1/alerts``: exact activeAt, so a firing time is
+activeAt + the rule's ``for``) and, for the journal, from the alert receiver.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ from typing import Any
 import httpx
 
 from labctl.config import HTTP_TIMEOUT, SERVICES, LabError
-from labctl.drills.data_check import accepted_orders, check_data, wait_and_fetch
+from labctl.drills.data_check import check_data, wait_and_fetch
 from labctl.drills.faults import FaultClient
 from labctl.drills.journal import DataCheck, FaultWindow, Journal, Notification, StepResult
 from labctl.drills.locust import Locust
 from labctl.drills.model import Drill, FaultStep
 from labctl.drills.native_steps import check_steps, window_of
 from labctl.drills.prometheus import AlertTracker, Prometheus
-from labctl.drills.restart import restart_services
+from labctl.drills.target import DrillLab, as_target
 from labctl.drills.verdict import evaluate, time_to_detect
 from labctl.native.lab import NativeLab
 
@@ -40,10 +42,6 @@ DATA_CHECK_TIMEOUT = 150.0
 
 class Stop(Exception):
     """The run was interrupted (Ctrl-C or SIGTERM): clean up, write what we have."""
-
-
-def _port(url: str) -> int:
-    return int(url.rsplit(":", 1)[1])
 
 
 @contextlib.contextmanager
@@ -86,7 +84,7 @@ class DrillRunner:
 
     def __init__(
         self,
-        lab: NativeLab,
+        lab: NativeLab | DrillLab,
         drill: Drill,
         run_dir: Path,
         *,
@@ -95,24 +93,23 @@ class DrillRunner:
         wait_quiet: bool = False,
         blind: bool = False,
     ) -> None:
-        self.lab = lab
+        self.lab = as_target(lab)
         self.drill = drill
         self.run_dir = run_dir
         self.out = out
         self.stop = stop or threading.Event()
         self.wait_quiet = wait_quiet
         self.blind = blind
-        urls = lab.urls
-        missing = [c for c in (*SERVICES, "prometheus") if c not in urls]
+        missing = self.lab.unreachable()
         if missing:
             raise LabError(
-                f"the lab in {lab.runtime_dir} is not running ({', '.join(missing)} missing): "
+                f"the lab in {self.lab.where} is not running ({', '.join(missing)} missing): "
                 "start it with `make up`"
             )
+        urls = self.lab.urls
         self.urls = urls
-        self.ports = {name: _port(url) for name, url in urls.items()}
         self.prom = Prometheus(urls["prometheus"])
-        self.faults = FaultClient({s: urls[s] for s in SERVICES}, lab.admin_token())
+        self.faults = FaultClient({s: urls[s] for s in SERVICES}, self.lab.admin_token())
         self.events: list[dict[str, Any]] = []
         self.pace = threading.Event()
 
@@ -182,14 +179,14 @@ class DrillRunner:
             data = DataCheck(ok=None, skipped="interrupted")
             if not interrupted:
                 try:
-                    data = self.data_check(t0, tracker)
+                    data = self.data_check(t0, tracker, locust.checkouts)
                 except Stop:
                     interrupted = True
                     data = DataCheck(ok=None, skipped="interrupted during the data check")
             native: list[StepResult] = []
             if not (interrupted or error or self.blind):  # blind: the steps name the answer
                 native = check_steps(
-                    drill, self.lab.runtime_dir, self.prom, window_of(drill, t0, load_end)
+                    drill, self.lab.lab_dir, self.prom, window_of(drill, t0, load_end)
                 )
             tracker.poll()
             end = time.time()
@@ -198,7 +195,7 @@ class DrillRunner:
         journal = Journal(
             run_id=self.run_dir.name,
             drill=drill.id if not self.blind else None,
-            lab={"runtime_dir": str(self.lab.runtime_dir), "urls": self.urls},
+            lab=self.lab.describe(),
             started_at=t0,
             ended_at=end,
             load_ended_at=load_end,
@@ -293,8 +290,10 @@ class DrillRunner:
     def _set(self, i: int, step: FaultStep, active: dict, crashed: set[str]) -> None:
         fault = step.body()
         # The TTL outlives the step a little: the runner clears it on time, the TTL is the
-        # safety net if the runner itself dies.
-        fault.setdefault("ttl_seconds", min(3600, step.for_ + 30))
+        # safety net if the runner itself dies. A crash cannot be cleared (the process is gone):
+        # its TTL is the step, how long a platform that restarts it sees a crash loop.
+        ttl = step.for_ if step.kind == "crash" else step.for_ + 30
+        fault.setdefault("ttl_seconds", min(3600, ttl))
         reply = self.faults.set(step.service, fault)
         active[i] = (step.service, reply["id"])
         if step.kind == "crash":
@@ -306,7 +305,7 @@ class DrillRunner:
     def _clear(self, i: int, step: FaultStep, active: dict, crashed: set[str]) -> None:
         service, fault_id = active.pop(i, (step.service, None))
         if step.kind == "crash":
-            restarted = restart_services(self.lab, self.ports, self.out)
+            restarted = self.lab.restart(self.out, self._wait)
             crashed.discard(service)
             self.event("service_restarted", services=restarted)
         elif fault_id:
@@ -321,7 +320,7 @@ class DrillRunner:
         cleared = self.faults.clear_all()
         restarted: list[str] = []
         try:
-            restarted = restart_services(self.lab, self.ports, self.out)
+            restarted = self.lab.restart(self.out)
         except LabError as exc:
             self.out(f"  could not restart a service: {exc}")
         if restarted:
@@ -331,10 +330,10 @@ class DrillRunner:
 
     # ------------------------------------------------------------- data check
 
-    def data_check(self, since: float, tracker: AlertTracker) -> DataCheck:
+    def data_check(self, since: float, tracker: AlertTracker, checkouts: Path) -> DataCheck:
         """Nothing lost, nobody charged wrongly: the invariants of labctl.drills.data_check."""
         self.out("  data check: waiting for orders and confirmations to settle")
-        accepted = accepted_orders(self.lab.log_file("gateway"), since)
+        accepted = self.lab.accepted_orders(since, checkouts)
 
         def pause(seconds: float) -> None:
             tracker.poll()

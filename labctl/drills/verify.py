@@ -14,6 +14,7 @@ from labctl.drills.common import DRILLS_VAR, find_drill, new_run_id, say
 from labctl.drills.execute import execute
 from labctl.drills.model import Drill, load_drills
 from labctl.drills.runner import RunResult
+from labctl.drills.target import DrillLab, UrlLab, as_target
 from labctl.native.lab import NativeLab
 
 VERIFY_FIRST = "no-incident"  # first, while no earlier drill can leave a slow-burn window behind
@@ -50,19 +51,28 @@ class VerifyRow:
             or "—",
             bounds=", ".join(f"{e.within:.0f}s" for e in expected) or "—",
             data="ok" if result.journal.data_check.ok else "FAIL",
-            steps=f"{sum(r.ok for r in result.journal.native)}/{len(drill.debrief.native)}",
+            steps=_steps(drill, result),
             run_dir=str(result.run_dir),
         )
 
 
+def _steps(drill: Drill, result: RunResult) -> str:
+    checked = result.journal.native
+    text = f"{sum(r.ok for r in checked)}/{len(checked)}"
+    if skipped := len(drill.debrief.native) - len(checked):  # a lab given by URLs: no files
+        text += f" ({skipped} read the native lab's files)"
+    return text
+
+
 def verify(
-    lab: NativeLab, drills: list[Drill], out: Any = say, *, rebuild: bool = True
+    lab: NativeLab | DrillLab, drills: list[Drill], out: Any = say, *, rebuild: bool = True
 ) -> tuple[bool, list[VerifyRow]]:
     """Run each drill in turn, waiting for quiet between them; the table rows and overall ok.
 
     A drill that leaves the lab broken (a component gone that should run) is reported as an
     ERROR, and the lab is rebuilt before the next drill (when `rebuild`: a lab verify started
     itself), so one broken drill does not fail every drill after it."""
+    target = as_target(lab)
     rows: list[VerifyRow] = []
     for drill in drills:
         out(f"== {drill.id}")
@@ -75,7 +85,7 @@ def verify(
         else:
             row = VerifyRow.of(drill, result)
         rows.append(row)
-        if missing := lab.missing():
+        if missing := target.unreachable():
             message = f"the lab broke during this drill ({', '.join(missing)} not running)"
             out(f"  {message}")
             row.verdict = "ERROR"
@@ -83,8 +93,7 @@ def verify(
             if not rebuild:
                 break
             out("  rebuilding the lab before the next drill")
-            lab.down()
-            lab.up()
+            target.rebuild()
     return all(r.verdict == "PASS" for r in rows), rows
 
 
@@ -111,7 +120,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     drills = load_drills()
     chosen = verify_order(drills, [i for i in (args.only or "").split(",") if i] or None)
     started = time.monotonic()
-    if args.use_running:
+    lab: NativeLab | DrillLab
+    if args.lab:
+        lab = UrlLab.load(args.lab)
+        stop_after = False
+    elif args.use_running:
         lab = NativeLab(lab_dir(), out=say)
         stop_after = False
     else:
@@ -122,9 +135,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         lab.up()
         stop_after = not args.keep_lab
     try:
-        ok, rows = verify(lab, chosen, rebuild=not args.use_running)
+        ok, rows = verify(lab, chosen, rebuild=not (args.lab or args.use_running))
     finally:
-        if stop_after:
+        if stop_after and isinstance(lab, NativeLab):
             lab.down()
         lab.close()
     text = table(rows)

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from .db import Database
 from .errors import error_response, install_error_handlers
-from .faults import FaultManager, FaultMiddleware, admin_router
+from .faults import FaultManager, FaultMiddleware, admin_router, default_audit_path
 from .http import ServiceClient
 from .logs import configure_logging, get_logger
 from .metrics import Metrics
@@ -62,9 +62,10 @@ class Kit:
         # Tests wire services together in-process by handing each peer an ASGI transport.
         self.transports: dict[str, Any] = {}
         s = self.settings
+        audit = Path(s.fault_audit_file) if s.fault_audit_file else default_audit_path(s.data_dir)
         self.faults = FaultManager(
             name,
-            audit_path=Path(s.fault_audit_file or s.data_dir / "faults-audit.jsonl"),
+            audit_path=audit,
             pool_capacity=s.db_pool_size + s.db_max_overflow,
             set_version=self.metrics.set_version,
             version=s.service_version,
@@ -155,6 +156,7 @@ class Kit:
         @asynccontextmanager
         async def full_lifespan(app: FastAPI) -> AsyncIterator[None]:
             kit.log.info("service_starting", version=kit.settings.service_version)
+            kit.faults.exit_if_held()  # a crash that is not over yet: a crash loop
             try:
                 async with contextlib.AsyncExitStack() as stack:
                     if lifespan is not None:

@@ -44,6 +44,21 @@ from .middleware import resolve_route
 Starter = Callable[["ActiveFault"], Awaitable[Callable[[], Awaitable[None]] | None]]
 
 
+def default_audit_path(data_dir: Path) -> Path:
+    """Where the admin API records faults unless FAULT_AUDIT_FILE says otherwise."""
+    return data_dir / "faults-audit.jsonl"
+
+
+def crash_hold_path(audit_path: Path, service: str) -> Path:
+    """A crash fault's hold, beside the audit file: until it ends, the service exits at startup.
+
+    On a platform that restarts a crashed process (compose's restart policy, Kubernetes), a
+    crash is then a crash loop for the fault's time to live, as a bad build or a corrupt
+    config gives; without the hold the platform would undo the fault in a second. The native
+    lab restarts nothing by itself; its drill runner removes the hold before it restarts."""
+    return audit_path.with_name(f"{service}-crash-hold.json")
+
+
 class ActiveFault:
     def __init__(self, spec: Any) -> None:
         self.id = "flt_" + uuid.uuid4().hex[:12]
@@ -279,9 +294,31 @@ class FaultManager:
         return stopper
 
     async def _crash(self, fault: ActiveFault):
-        # Leave time for the admin response to be sent, then die without cleanup, like a segfault.
+        # The hold first (the restarted process must find it), then leave time for the admin
+        # response to be sent and die without cleanup, like a segfault.
+        hold = {"exit_code": fault.spec.exit_code, "until": fault.expires_at}
+        path = crash_hold_path(self.audit_path, self.service)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(orjson.dumps(hold))
+        tmp.replace(path)
         asyncio.get_running_loop().call_later(0.2, os._exit, fault.spec.exit_code)
         return None
+
+    def exit_if_held(self) -> None:
+        """At startup: exit as the crash did while its hold lasts; an ended hold is removed."""
+        path = crash_hold_path(self.audit_path, self.service)
+        try:
+            hold = orjson.loads(path.read_bytes())
+            until, code = float(hold["until"]), int(hold["exit_code"])
+        except FileNotFoundError:
+            return
+        except (ValueError, KeyError, TypeError):  # unreadable: not a hold to honour
+            path.unlink(missing_ok=True)
+            return
+        if time.time() < until:
+            os._exit(code)
+        path.unlink(missing_ok=True)
 
     async def _bad_release(self, fault: ActiveFault):
         self.set_version(fault.spec.version)
