@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import anyio
@@ -208,22 +209,41 @@ async def test_db_pool_exhaustion_gives_503_not_a_hang(shop):
     assert r.status_code == 201
 
 
+async def _heartbeat(client) -> tuple[float, float]:
+    """The delivery worker's iterations and last-success time, from its /metrics."""
+    text = (await client.get("/metrics")).text
+    found = dict(re.findall(r'^(worker_\w+)\{worker="delivery"\} (\S+)$', text, re.M))
+    return float(found["worker_iterations_total"]), float(
+        found["worker_last_success_timestamp_seconds"]
+    )
+
+
 async def test_worker_stall_holds_deliveries_until_cleared(shop):
     ntf = shop["notification"]
+
+    async def beating(after: float) -> bool:
+        return (await _heartbeat(ntf))[0] > after
+
+    await poll(lambda: beating(2))  # the loop comes round every poll and says so
     fault = await set_fault(ntf, kind="worker_stall")
     nid = (await ntf.post("/notifications", json={"order_id": "o9", "recipient": "a"})).json()[
         "notification_id"
     ]
+    stalled = await _heartbeat(ntf)
     for _ in range(10):  # the worker polls every 50 ms in tests: ten polls pass, nothing moves
         await anyio.sleep(0.05)
         assert (await ntf.get(f"/notifications/{nid}")).json()["status"] == "queued"
     assert "notification_queue_depth 1.0" in (await ntf.get("/metrics")).text
+    # The heartbeat stopped with it (at most the round under way when the stall began).
+    iterations, last = await _heartbeat(ntf)
+    assert iterations <= stalled[0] + 1 and time.time() - last >= 0.4
     await ntf.delete(f"/admin/faults/{fault['id']}", headers=ADMIN)
 
     async def delivered():
         return (await ntf.get(f"/notifications/{nid}")).json()["status"] == "delivered"
 
     await poll(delivered)
+    await poll(lambda: beating(iterations + 1))
 
 
 async def test_cpu_burn_uses_cpu_until_cleared(shop):

@@ -33,6 +33,8 @@ ReadinessCheck = Callable[[], Awaitable[Any]]
 # A worker that raises is restarted after this backoff (doubling, jittered, capped).
 WORKER_BACKOFF_SECONDS = (0.1, 30.0)
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+Worker = Callable[[Callable[[], None]], Awaitable[None]]
+"""A background loop; it gets its heartbeat, to call after each round that completed."""
 
 
 class Kit:
@@ -57,7 +59,7 @@ class Kit:
         self.tracer = self.tracer_provider.get_tracer(f"triagelab.{name}")
         self.clients: dict[str, ServiceClient] = {}
         self.readiness: dict[str, ReadinessCheck] = {}
-        self.workers: dict[str, Callable[[], Awaitable[None]]] = {}
+        self.workers: dict[str, Worker] = {}
         self.database: Database | None = None
         # Tests wire services together in-process by handing each peer an ASGI transport.
         self.transports: dict[str, Any] = {}
@@ -88,22 +90,25 @@ class Kit:
             )
         return self.clients[peer]
 
-    def add_worker(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+    def add_worker(self, name: str, run: Worker) -> None:
         """A background loop that runs for the app's lifetime (started after the service's own
-        startup, cancelled before its shutdown), supervised: see `supervise`."""
+        startup, cancelled before its shutdown), supervised: see `supervise`. `run` gets its
+        heartbeat: it calls it after each round that completed (worker_iterations_total and
+        worker_last_success_timestamp_seconds)."""
         self.workers[name] = run
 
-    async def supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+    async def supervise(self, name: str, run: Worker) -> None:
         """Run a worker forever: if it raises (or returns), log it, count it in
         ``worker_restarts_total{worker}`` and start it again after a jittered, doubling backoff.
         No worker can die silently."""
         low, high = WORKER_BACKOFF_SECONDS
         delay = low
         restarts = self.metrics.worker_restarts.labels(name)
+        beat = self.metrics.heartbeat(name)
         while True:
             started = asyncio.get_running_loop().time()
             try:
-                await run()
+                await run(beat)
                 self.log.error("worker_exited", worker=name)
             except Exception as exc:
                 self.log.error("worker_crashed", worker=name, error=repr(exc), exc_info=exc)

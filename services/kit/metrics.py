@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -75,12 +77,37 @@ class Metrics:
             ["worker"],
             registry=r,
         )
+        # A worker's heartbeat: a loop that stalls, waits forever or fails every round stops
+        # both, whatever it logs (or does not).
+        self.worker_iterations = Counter(
+            "worker_iterations",
+            "Rounds of a background worker's loop that completed.",
+            ["worker"],
+            registry=r,
+        )
+        self.worker_last_success = Gauge(
+            "worker_last_success_timestamp_seconds",
+            "Unix time a background worker last completed a round.",
+            ["worker"],
+            registry=r,
+        )
         self.service = service
         self.environment = environment
         self.set_version(version)
         # Label children are looked up once per label set, not on every request.
         self._req_children: dict[tuple[str, str, str], Counter] = {}
         self._dur_children: dict[tuple[str, str], Histogram] = {}
+
+    def heartbeat(self, worker: str) -> Callable[[], None]:
+        """What a worker calls after each round that completed (`Kit.add_worker` hands it)."""
+        iterations = self.worker_iterations.labels(worker)
+        last = self.worker_last_success.labels(worker)
+
+        def beat() -> None:
+            iterations.inc()
+            last.set_to_current_time()
+
+        return beat
 
     def set_version(self, version: str) -> None:
         """Expose exactly one build_info series (a "bad release" changes it at run time)."""

@@ -24,9 +24,13 @@ async def serve(
     poll_seconds: Callable[[], float],
     fetch_due: Callable[[], Awaitable[list[Any]]],
     handle: Callable[[Any], Awaitable[None]],
+    beat: Callable[[], None],
     paused: Callable[[], bool] = lambda: False,
 ) -> None:
-    """The worker's loop, for `Kit.add_worker` (its supervisor restarts it if a batch raises)."""
+    """The worker's loop, for `Kit.add_worker` (its supervisor restarts it if a batch raises).
+
+    `beat` after every round that fetched and handled what was due (none due is a round too);
+    a paused worker does not beat."""
     while True:
         # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that races
         # the inner wait, which left a worker unstoppable at shutdown.
@@ -42,6 +46,7 @@ async def serve(
             due = await fetch_due()
         if due:
             await asyncio.gather(*(handle(item) for item in due))
+        beat()
 
 
 async def due_rows(db: Database, model: Any, waiting: str) -> list[Any]:

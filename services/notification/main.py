@@ -7,6 +7,7 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -105,12 +106,13 @@ class Outbox:
     async def load(self) -> None:
         await self.backlog.load(self.kit.database, Notification, "queued")
 
-    async def run(self) -> None:
+    async def run(self, beat: Callable[[], None]) -> None:
         await queue.serve(
             self.wake,
             lambda: self.kit.settings.notification_poll_seconds,
             lambda: queue.due_rows(self.kit.database, Notification, "queued"),
             self.deliver,
+            beat,
             paused=lambda: time.time() < self.stalled_until,
         )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from prometheus_client import Counter, Gauge
@@ -179,7 +180,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ the worker
 
-    async def run(self) -> None:
+    async def run(self, beat: Callable[[], None]) -> None:
         while True:
             await asyncio.sleep(self.kit.settings.order_reconcile_seconds)
             try:
@@ -189,6 +190,7 @@ class Ledger:
                 if time.monotonic() - self.last_audit >= self.kit.settings.order_audit_seconds:
                     await self.audit()
                     self.last_audit = time.monotonic()
+                beat()
             except ServiceError as exc:  # payment down, pool exhausted: the next round retries
                 self.kit.log.warning("reconcile_deferred", code=exc.code)
 

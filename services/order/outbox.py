@@ -13,6 +13,7 @@ import asyncio
 import random
 import time
 import uuid
+from collections.abc import Callable
 
 from opentelemetry import propagate, trace
 from prometheus_client import Counter
@@ -71,12 +72,13 @@ class Relay:
     async def load(self) -> None:
         await self.backlog.load(self.kit.database, OutboxMessage, "pending")
 
-    async def run(self) -> None:
+    async def run(self, beat: Callable[[], None]) -> None:
         await queue.serve(
             self.wake,
             lambda: self.kit.settings.outbox_poll_seconds,
             lambda: queue.due_rows(self.kit.database, OutboxMessage, "pending"),
             self.deliver,
+            beat,
         )
 
     async def deliver(self, m: OutboxMessage) -> None:
