@@ -88,11 +88,29 @@ class LatencyFault(_RequestFault):
     jitter_ms: float = Field(0, ge=0, le=60_000)
 
 
-class ErrorFault(_RequestFault):
-    """Answers with `status` instead of handling the request."""
+# What a failing request raises: exception types a real service raises, with no word of a fault.
+Failure = Literal[
+    "ConnectionResetError", "TimeoutError", "RuntimeError", "KeyError", "AttributeError",
+    "TypeError", "ValueError",
+]  # fmt: skip
+FAILURE_EXCEPTIONS: tuple[str, ...] = get_args(Failure)
+
+
+class _FailingFault(_RequestFault):
+    """A request that fails. With status 500 it raises `exception(message)` in the request's
+    own handling, so it takes the path a real bug takes: the error-level `unhandled_exception`
+    line with its traceback, the span's exception event and error status, a 500 body. Another
+    5xx is answered the way a failed dependency is, with that status."""
+
+    status: int = Field(500, ge=500, le=599)
+    exception: Failure = "ConnectionResetError"
+    message: str = Field("[Errno 104] Connection reset by peer", max_length=200)
+
+
+class ErrorFault(_FailingFault):
+    """Fails requests: an infrastructure failure by default (a connection reset)."""
 
     kind: Literal["error"]
-    status: int = Field(500, ge=500, le=599)
 
 
 class HangFault(_RequestFault):
@@ -140,13 +158,14 @@ class CrashFault(_Fault):
     exit_code: int = Field(70, ge=1, le=255)
 
 
-class BadReleaseFault(_RequestFault):
-    """A new version label, and one route starts failing."""
+class BadReleaseFault(_FailingFault):
+    """A new version label, and one route starts failing with a bug of the new code."""
 
     kind: Literal["bad_release"]
     version: str = Field("1.1.0", min_length=1, max_length=40)
-    status: int = Field(500, ge=500, le=599)
     probability: float = Field(0.3, ge=0, le=1)
+    exception: Failure = "AttributeError"
+    message: str = Field("'NoneType' object has no attribute 'get'", max_length=200)
 
 
 class SigningKeyMismatchFault(_Fault):

@@ -77,7 +77,11 @@ async def in_process(settings: Settings, names=SERVICE_NAMES) -> AsyncIterator[d
     with their lifespans running. Yields {name: httpx.AsyncClient}; each client sends the
     service credential (as a peer would), so tests reach the internal routes."""
     apps = {n: importlib.import_module(f"services.{n}.main").create_app(settings) for n in names}
-    transports = {n: httpx.ASGITransport(app=a) for n, a in apps.items()}
+    # As a server does: an exception a route raises is a 500 answer (the kit logs it), not an
+    # exception in the caller.
+    transports = {
+        n: httpx.ASGITransport(app=a, raise_app_exceptions=False) for n, a in apps.items()
+    }
     for app in apps.values():
         app.state.kit.transports.update(
             {peer: t for peer, t in transports.items() if peer in PEERS}

@@ -12,7 +12,15 @@ import psutil
 import pytest
 
 from services.fault_spec import DEFAULT_ADMIN_TOKEN
-from tests.support import ADMIN, as_shopper, fast_settings, in_process, running_services, wait_until
+from tests.support import (
+    ADMIN,
+    INTERNAL,
+    as_shopper,
+    fast_settings,
+    in_process,
+    running_services,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 DEFAULT_ADMIN = {"Authorization": f"Bearer {DEFAULT_ADMIN_TOKEN}"}
@@ -291,3 +299,56 @@ def test_crash_fault_kills_the_process(tmp_path):
         )
         assert r.status_code == 201
         assert lab.procs["payment"].wait(timeout=10) == 70
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("kind", "exception"), [("error", "ConnectionResetError"), ("bad_release", "AttributeError")]
+)
+def test_an_injected_500_takes_a_real_bugs_path_and_says_nothing_of_a_fault(
+    tmp_path, kind: str, exception: str
+) -> None:
+    """payment as a real uvicorn process: the failing charge raises in its own handling, so its
+    log has the error-level line with the exception and its traceback, and its span the
+    exception event and error status, as any bug gives; nowhere does the word 'fault' appear
+    (the 503 variant answers like a failed dependency, without an exception)."""
+    charge = {"order_id": "o1", "amount_cents": 500, "currency": "EUR", "card_number": CARD_OK}
+    with running_services(tmp_path, names=("payment",)) as lab:
+        url = lab.url("payment")
+        fault = {"kind": kind, "route": "/payments/charge", "probability": 1.0}
+        r = httpx.post(f"{url}/admin/faults", json={"fault": fault}, headers=ADMIN, timeout=5)
+        assert r.status_code == 201, r.text
+        r = httpx.post(f"{url}/payments/charge", json=charge, timeout=5,
+                       headers={**INTERNAL, "Idempotency-Key": "k-500"})  # fmt: skip
+        assert r.status_code == 500 and r.json()["code"] == "internal_error", r.text
+
+        def lines() -> list[dict]:
+            text = lab.log_file("payment").read_text()
+            return [json.loads(x) for x in text.splitlines() if x.startswith("{")]
+
+        (bug,) = wait_until(
+            lambda: [x for x in lines() if x["event"] == "unhandled_exception"] or None,
+            timeout=10, what="the error line",
+        )  # fmt: skip
+        assert bug["level"] == "error" and bug["error"].startswith(exception)
+        trace_id = bug["trace_id"]  # the line leads to its trace
+        assert f"\n{exception}: " in bug["exception"] and "app.py" in bug["exception"]
+        spans = wait_until(
+            lambda: [json.loads(x) for x in lab.span_file("payment").read_text().splitlines()
+                     if '"POST /payments/charge"' in x] or None,
+            timeout=10, what="the charge span",
+        )  # fmt: skip
+        (server,) = [s for s in spans if s["kind"] == "SERVER"]
+        assert server["status"] == "ERROR" and server["trace_id"] == trace_id, server
+        events = [e for e in server.get("events", []) if e["name"] == "exception"]
+        assert events and events[0]["attributes"]["exception.type"] == exception
+        told = lab.log_file("payment").read_text() + lab.span_file("payment").read_text()
+        assert "fault" not in told.lower().replace("default", ""), "a trainee reads 'fault'"
+        # Another 5xx: a failed dependency's answer, no exception.
+        httpx.delete(f"{url}/admin/faults", headers=ADMIN, timeout=5)
+        fault["status"] = 503
+        httpx.post(f"{url}/admin/faults", json={"fault": fault}, headers=ADMIN, timeout=5)
+        r = httpx.post(f"{url}/payments/charge", json=charge, timeout=5,
+                       headers={**INTERNAL, "Idempotency-Key": "k-503"})  # fmt: skip
+        assert r.status_code == 503 and r.json()["code"] == "service_unavailable"
+        assert sum(x["event"] == "unhandled_exception" for x in lines()) == 1

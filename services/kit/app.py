@@ -11,7 +11,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
@@ -21,11 +21,11 @@ from starlette.responses import Response
 
 from .db import Database
 from .errors import error_response, install_error_handlers
-from .faults import FaultManager, FaultMiddleware, admin_router, default_audit_path
+from .faults import FaultManager, admin_router, default_audit_path
 from .http import ServiceClient
 from .logs import configure_logging, get_logger
 from .metrics import Metrics
-from .middleware import DeadlineGate, TelemetryMiddleware
+from .middleware import FAILURE, DeadlineGate, FaultMiddleware, TelemetryMiddleware
 from .settings import Settings
 from .tracing import build_tracer_provider
 
@@ -34,6 +34,16 @@ ReadinessCheck = Callable[[], Awaitable[Any]]
 WORKER_BACKOFF_SECONDS = (0.1, 30.0)
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 Worker = Callable[[Callable[[], None]], Awaitable[None]]
+
+
+async def request_checks(request: Request) -> None:
+    """Every route's first dependency. A request marked to fail (middleware.FAILURE) raises here,
+    inside the route, and takes the path any bug takes: the kit's 500 handler and its
+    error-level line with the traceback, the span's exception event and error status."""
+    if (failure := request.scope.get(FAILURE)) is not None:
+        raise failure
+
+
 """A background loop; it gets its heartbeat, to call after each round that completed."""
 
 
@@ -188,6 +198,7 @@ class Kit:
             title=title,
             version=self.settings.service_version,
             lifespan=full_lifespan,
+            dependencies=[Depends(request_checks)],
         )
         app.state.kit = self
         install_error_handlers(app)

@@ -1,4 +1,5 @@
-"""Fault injection, shared by all five services: a token-protected admin API and a middleware.
+"""Fault injection, shared by all five services: a token-protected admin API and the faults'
+side effects (the per-request faults act through middleware.FaultMiddleware).
 
 Faults are data (a kind, parameters, a time-to-live) and expire on their own, so a forgotten
 fault cannot wedge the lab. They show up only as symptoms: there is no fault metric, no fault
@@ -13,7 +14,6 @@ import contextlib
 import hmac
 import ipaddress
 import os
-import random
 import threading
 import time
 import uuid
@@ -24,7 +24,6 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.fault_spec import (
     DEFAULT_ADMIN_TOKEN,
@@ -38,8 +37,7 @@ from services.fault_spec import (
 )
 
 from .db import Database
-from .errors import ServiceError, error_response
-from .middleware import resolve_route
+from .errors import ServiceError
 
 Starter = Callable[["ActiveFault"], Awaitable[Callable[[], Awaitable[None]] | None]]
 
@@ -327,51 +325,6 @@ class FaultManager:
             self.set_version(self.version)
 
         return stopper
-
-
-_CODES = {
-    502: ("bad_gateway", "bad gateway"),
-    503: ("service_unavailable", "service temporarily unavailable"),
-    504: ("gateway_timeout", "gateway timeout"),
-}
-
-
-class FaultMiddleware:
-    """Applies request faults. With no fault active it costs one attribute read per request."""
-
-    def __init__(self, app: ASGIApp, manager: FaultManager, routes: list[Any]) -> None:
-        self.app = app
-        self.manager = manager
-        self.routes = routes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        faults = self.manager.request_faults
-        if not faults or scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"]
-        if path.startswith("/admin") or path in ("/healthz", "/readyz", "/metrics"):
-            await self.app(scope, receive, send)
-            return
-        for fault in faults:
-            if fault.route is not None and not fault.route(path):
-                continue
-            if random.random() >= fault.spec.probability:
-                continue
-            kind = fault.spec.kind
-            if kind == "latency":
-                jitter = fault.spec.jitter_ms
-                delay = fault.spec.ms + (random.uniform(-jitter, jitter) if jitter else 0)
-                await asyncio.sleep(max(delay, 0) / 1000)
-            elif kind == "hang":
-                await asyncio.sleep(fault.spec.seconds)
-            else:  # error, bad_release: fail like the real thing, route label and all
-                resolve_route(self.routes, scope)
-                status = fault.spec.status
-                code, message = _CODES.get(status, ("internal_error", "internal server error"))
-                await error_response(status, code, message)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def _is_loopback(host: str | None) -> bool:

@@ -1,4 +1,5 @@
-"""The kit's one pure-ASGI middleware: correlation id, body limit, RED metrics, access log.
+"""The kit's pure-ASGI middleware: correlation id, body limit, RED metrics, access log
+(TelemetryMiddleware); the deadline gate; the request faults' middleware (FaultMiddleware).
 
 It also refuses what no route can take, with the standard error body instead of a 500 further
 in: a path or query string with control characters or bytes that are not UTF-8 (400), and a
@@ -10,7 +11,10 @@ a trivial endpoint's throughput; this costs next to nothing (docs/benchmarks.md)
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 import os
+import random
 import time
 from typing import Any
 from urllib.parse import unquote_plus
@@ -232,3 +236,58 @@ def resolve_route(routes: list[Any], scope: Scope) -> None:
         if scope["method"] in route.methods and route.path_regex.match(scope["path"]):
             scope["route"] = route
             return
+
+
+_CODES = {
+    502: ("bad_gateway", "bad gateway"),
+    503: ("service_unavailable", "service temporarily unavailable"),
+    504: ("gateway_timeout", "gateway timeout"),
+}
+
+
+class FaultMiddleware:
+    """Applies request faults (faults.FaultManager). With no fault active it costs one attribute
+    read per request. Here, not in faults.py, because a traceback through it may reach a
+    trainee's eyes: every request passes this frame."""
+
+    def __init__(self, app: ASGIApp, manager: Any, routes: list[Any]) -> None:
+        self.app = app
+        self.manager = manager
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        faults = self.manager.request_faults
+        if not faults or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path.startswith("/admin") or path in ("/healthz", "/readyz", "/metrics"):
+            await self.app(scope, receive, send)
+            return
+        for fault in faults:
+            if fault.route is not None and not fault.route(path):
+                continue
+            if random.random() >= fault.spec.probability:
+                continue
+            kind = fault.spec.kind
+            if kind == "latency":
+                jitter = fault.spec.jitter_ms
+                delay = fault.spec.ms + (random.uniform(-jitter, jitter) if jitter else 0)
+                await asyncio.sleep(max(delay, 0) / 1000)
+            elif kind == "hang":
+                await asyncio.sleep(fault.spec.seconds)
+            elif fault.spec.status == 500:  # error, bad_release: a bug's path (request_checks)
+                scope[FAILURE] = getattr(builtins, fault.spec.exception)(fault.spec.message)
+                break
+            else:  # a failed dependency's answer, route label and all
+                resolve_route(self.routes, scope)
+                status = fault.spec.status
+                code, message = _CODES.get(status, ("internal_error", "internal server error"))
+                await error_response(status, code, message)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+FAILURE = "kit.failure"
+"""The scope key of an exception a request is to raise in its own handling (app.request_checks:
+in a module and a function whose names a traceback may show a trainee)."""
