@@ -228,6 +228,11 @@ class ServiceProcs:
         proc = self.procs[name]
         proc.kill()
         proc.wait(timeout=10)
+        self.restart(name, **env)
+
+    def restart(self, name: str, **env: str) -> None:
+        """Start a service whose process has ended again (a platform's restart policy), on a
+        new port, and wait until it answers."""
         self.env_overrides.update(env)
         self._spawn(name)
         self.ports[name] = wait_until(

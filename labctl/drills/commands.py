@@ -25,7 +25,7 @@ from labctl.drills.journal import Journal
 from labctl.drills.model import load_drills
 from labctl.drills.native_steps import check_steps, command_line, window_of
 from labctl.drills.prometheus import Prometheus
-from labctl.drills.target import open_lab
+from labctl.drills.target import open_lab, started_at
 from labctl.drills.verify import cmd_verify
 from labctl.native.lab import NativeLab
 
@@ -63,8 +63,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         urls = lab.urls
         services = {s: u for s, u in urls.items() if s in SERVICES}
         faults = FaultClient(services, lab.admin_token())
+        releases = {  # a bad release's end is a rollback: the service restarts
+            s: started_at(u) for s, u in services.items() if "bad_release" in faults.kinds_active(s)
+        }
         say(f"cleared: {faults.clear_all()}")
         faults.close()
+        for service, before in releases.items():
+            lab.redeployed(service, before, say)
         restarted = lab.restart(say)
         say(f"restarted: {', '.join(restarted) or 'nothing'}")
     finally:

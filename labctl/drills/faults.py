@@ -25,6 +25,14 @@ class FaultClient:
             raise LabError(f"{service} refused fault {fault}: {resp.status_code} {resp.text}")
         return resp.json()
 
+    def kinds_active(self, service: str) -> list[str]:
+        """The kinds of the faults active on `service` ([] when it does not answer)."""
+        try:
+            resp = self.http.get(f"{self.urls[service]}/admin/faults")
+            return [f["kind"] for f in resp.json()["faults"]] if resp.status_code == 200 else []
+        except (httpx.HTTPError, ValueError, KeyError):
+            return []
+
     def clear(self, service: str, fault_id: str | None = None) -> bool:
         path = "/admin/faults" + (f"/{fault_id}" if fault_id else "")
         try:

@@ -30,7 +30,7 @@ from labctl.drills.locust import Locust
 from labctl.drills.model import Drill, FaultStep
 from labctl.drills.native_steps import check_steps, window_of
 from labctl.drills.prometheus import AlertTracker, Prometheus
-from labctl.drills.target import DrillLab, as_target
+from labctl.drills.target import DrillLab, as_target, started_at
 from labctl.drills.verdict import evaluate, time_to_detect
 from labctl.native.lab import NativeLab
 
@@ -294,8 +294,12 @@ class DrillRunner:
         # its TTL is the step, how long a platform that restarts it sees a crash loop.
         ttl = step.for_ if step.kind == "crash" else step.for_ + 30
         fault.setdefault("ttl_seconds", min(3600, ttl))
+        before = started_at(self.urls[step.service])
         reply = self.faults.set(step.service, fault)
         active[i] = (step.service, reply["id"])
+        if step.kind == "bad_release":  # a deploy: the service restarts as the new version
+            self.lab.redeployed(step.service, before, self.out, self._wait)
+            self.event("service_redeployed", service=step.service)
         if step.kind == "crash":
             crashed.add(step.service)
         label = "a fault" if self.blind else f"{step.kind} on {step.service}"
@@ -309,7 +313,11 @@ class DrillRunner:
             crashed.discard(service)
             self.event("service_restarted", services=restarted)
         elif fault_id:
+            before = started_at(self.urls[service])
             self.faults.clear(service, fault_id)
+            if step.kind == "bad_release":  # its rollback is another restart
+                self.lab.redeployed(service, before, self.out, self._wait)
+                self.event("service_redeployed", service=service)
         self.out("  cleared a fault" if self.blind else f"  cleared {step.kind} on {service}")
         self.event("fault_cleared", service=service, id=fault_id)
 
@@ -317,7 +325,17 @@ class DrillRunner:
         """Faults off everywhere, crashed services back, our Locust gone: always."""
         with contextlib.suppress(Exception):
             locust.stop()
+        releases = {
+            service: started_at(self.urls[service])
+            for i, (service, _) in active.items()
+            if self.drill.timeline[i].kind == "bad_release"
+        }
         cleared = self.faults.clear_all()
+        for service, before in releases.items():  # each rolls back: a restart
+            try:
+                self.lab.redeployed(service, before, self.out)
+            except LabError as exc:
+                self.out(f"  {exc}")
         restarted: list[str] = []
         try:
             restarted = self.lab.restart(self.out)

@@ -18,6 +18,7 @@ check's last invariant); and a way to bring crashed services back.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import time
 import tomllib
@@ -35,6 +36,7 @@ from labctl.native.lab import NativeLab
 from services.kit.faults import crash_hold_path, default_audit_path
 
 REQUIRED_URLS = (*SERVICES, "prometheus")
+REDEPLOY_SECONDS = 60.0  # a native service's stop and start for a release
 OPTIONAL_URLS = ("alertmanager", "receiver")
 POLL_SECONDS = 2.0
 
@@ -55,6 +57,13 @@ class DrillLab(Protocol):
     def restart(
         self, out: Callable[[str], None], pause: Callable[[float], None] = time.sleep
     ) -> list[str]: ...
+    def redeployed(
+        self,
+        service: str,
+        before: float | None,
+        out: Callable[[str], None],
+        pause: Callable[[float], None] = time.sleep,
+    ) -> None: ...
     def rebuild(self) -> None: ...
     def describe(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
@@ -102,6 +111,26 @@ class NativeTarget:
             if service not in self.lab.urls:
                 crash_hold_path(audit, service).unlink(missing_ok=True)
         return restart_services(self.lab, self.ports, out)
+
+    def redeployed(
+        self,
+        service: str,
+        before: float | None,
+        out: Callable[[str], None],
+        pause: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """A bad release or its rollback stops `service`: the runner starts it again once it
+        is gone (as a platform would), and returns when it runs with a new start time."""
+        url = self.lab.urls.get(service) or f"http://127.0.0.1:{self.ports[service]}"
+        deadline = time.monotonic() + REDEPLOY_SECONDS
+        for _ in range(int(REDEPLOY_SECONDS / 0.5) + 2):
+            if service not in self.lab.urls:
+                self.restart(out, pause)
+            elif (started := started_at(url)) is not None and started != before:
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"{service} did not restart within {REDEPLOY_SECONDS:.0f}s")
+            pause(0.5)
 
     def rebuild(self) -> None:
         self.lab.down()
@@ -227,6 +256,26 @@ class UrlLab:
             pause(POLL_SECONDS)
         return [s for s in down if s not in self._down()]
 
+    def redeployed(
+        self,
+        service: str,
+        before: float | None,
+        out: Callable[[str], None],
+        pause: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """Wait, bounded, until the platform has restarted `service` (a new start time)."""
+        out(f"  waiting for the platform to restart {service}")
+        deadline = time.monotonic() + self.restart_timeout
+        for _ in range(int(self.restart_timeout / POLL_SECONDS) + 2):
+            if (started := started_at(self._urls[service])) is not None and started != before:
+                return
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"{service} did not come back within {self.restart_timeout:.0f}s after it "
+                    "stopped for a release: the platform should restart it"
+                )
+            pause(POLL_SECONDS)
+
     def rebuild(self) -> None:
         raise LabError(f"a lab given by URLs ({self.file}) cannot be rebuilt from here")
 
@@ -235,6 +284,16 @@ class UrlLab:
 
     def close(self) -> None:
         return None
+
+
+def started_at(url: str) -> float | None:
+    """The service process's start time (its /metrics), None while it does not answer."""
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=2, trust_env=False).text
+    except httpx.HTTPError:
+        return None
+    found = re.search(r"^process_start_time_seconds (\S+)$", text, re.M)
+    return float(found[1]) if found else None
 
 
 def _answers(url: str) -> bool:

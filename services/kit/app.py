@@ -170,7 +170,9 @@ class Kit:
 
         @asynccontextmanager
         async def full_lifespan(app: FastAPI) -> AsyncIterator[None]:
-            kit.log.info("service_starting", version=kit.settings.service_version)
+            # A release in progress starts as its version (faults.FaultManager.resume_release).
+            version = kit.faults.resume_release() or kit.settings.service_version
+            kit.log.info("service_starting", version=version)
             kit.faults.exit_if_held()  # a crash that is not over yet: a crash loop
             try:
                 async with contextlib.AsyncExitStack() as stack:

@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import ipaddress
 import os
+import signal
 import threading
 import time
 import uuid
@@ -32,6 +33,7 @@ from services.fault_spec import (
     MAX_CPU_BURN_THREADS,
     MAX_FAULT_MEMORY_MB,
     REQUEST_KINDS,
+    BadReleaseFault,
     FaultIn,
     route_matcher,
 )
@@ -57,12 +59,32 @@ def crash_hold_path(audit_path: Path, service: str) -> Path:
     return audit_path.with_name(f"{service}-crash-hold.json")
 
 
+def release_path(audit_path: Path, service: str) -> Path:
+    """A bad release in progress, beside the audit file: the version a restart starts as, and
+    the route it breaks, until the fault ends (FaultManager.resume_release)."""
+    return audit_path.with_name(f"{service}-release.json")
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(orjson.dumps(value))
+    tmp.replace(path)
+
+
+def _restart_soon() -> None:
+    """Stop this process gracefully (SIGTERM: uvicorn's shutdown, the lifespan's end, exit 0)
+    once the admin response is out; what restarts it is the platform, or the drill runner."""
+    asyncio.get_running_loop().call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)
+
+
 class ActiveFault:
-    def __init__(self, spec: Any) -> None:
-        self.id = "flt_" + uuid.uuid4().hex[:12]
+    def __init__(self, spec: Any, fault_id: str | None = None) -> None:
+        self.id = fault_id or "flt_" + uuid.uuid4().hex[:12]
         self.spec = spec
         self.started_at = time.time()
         self.expires_at = self.started_at + spec.ttl_seconds
+        self.dormant = False  # set, but acting only after the restart it asked for
         # A comparison, never a regex (services.fault_spec.route_matcher): it runs on every
         # request, on the event loop.
         route = getattr(spec, "route", None)
@@ -119,6 +141,7 @@ class FaultManager:
         self.version = version
         self.database = database
         self.active: dict[str, ActiveFault] = {}
+        self.shutting_down = False
         self.request_faults: tuple[ActiveFault, ...] = ()  # read on every request: kept tiny
         self.starters: dict[str, Starter] = {
             "cpu_burn": self._cpu_burn,
@@ -211,12 +234,16 @@ class FaultManager:
         return len(ids)
 
     async def shutdown(self) -> None:
-        await self.clear()
+        self.shutting_down = True  # a release in progress stays for the next start
+        for fault_id in list(self.active):
+            await self.remove(fault_id, "ended_with_the_process")
         if self._reaper is not None:
             self._reaper.cancel()
 
     def _refresh(self) -> None:
-        self.request_faults = tuple(f for f in self.active.values() if f.spec.kind in REQUEST_KINDS)
+        self.request_faults = tuple(
+            f for f in self.active.values() if f.spec.kind in REQUEST_KINDS and not f.dormant
+        )
 
     async def _reap(self) -> None:
         while self.active:
@@ -319,12 +346,50 @@ class FaultManager:
         path.unlink(missing_ok=True)
 
     async def _bad_release(self, fault: ActiveFault):
-        self.set_version(fault.spec.version)
+        """A deploy of a broken version: written down, then this process restarts; the new one
+        starts as that version and fails its route (`resume_release`). Until the restart the
+        old version serves as before (the fault is dormant here)."""
+        saved = {"id": fault.id, "until": fault.expires_at, "spec": fault.spec.model_dump()}
+        _write_json(release_path(self.audit_path, self.service), saved)
+        fault.dormant = True
+        _restart_soon()
+        return None
 
-        async def stopper() -> None:
-            self.set_version(self.version)
+    def resume_release(self) -> str | None:
+        """At startup: a release in progress is this process's version and its active fault
+        (same id, same end); its end, cleared or expired, is a rollback: the file goes and the
+        process restarts as the old version. The version it runs as, or None."""
+        path = release_path(self.audit_path, self.service)
+        try:
+            saved = orjson.loads(path.read_bytes())
+            until = float(saved["until"])
+            spec = BadReleaseFault.model_validate(
+                {**saved["spec"], "ttl_seconds": max(until - time.time(), 0.001)}
+            )
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):  # unreadable or over: not a release to run
+            path.unlink(missing_ok=True)
+            return None
+        if until <= time.time():
+            path.unlink(missing_ok=True)
+            return None
+        fault = ActiveFault(spec, fault_id=str(saved["id"]))
+        fault.expires_at = until
 
-        return stopper
+        async def rollback() -> None:
+            if self.shutting_down:
+                return
+            path.unlink(missing_ok=True)
+            _restart_soon()
+
+        fault.stop = rollback
+        self.active[fault.id] = fault
+        self._refresh()
+        self.set_version(spec.version)
+        self._audit("fault_resumed", fault)
+        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+        return spec.version
 
 
 def _is_loopback(host: str | None) -> bool:
