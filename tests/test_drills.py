@@ -355,6 +355,36 @@ def _broken(change) -> list[str]:
     return result["problems"]
 
 
+def test_a_cascade_drill_fails_when_the_first_alert_names_the_answer() -> None:
+    drill = DRILLS["payment-errors"].model_copy(update={"cascade": True})
+    t0 = 1_000_000.0
+    start = t0 + (drill.fault_start or 0)
+    OK = DataCheck(ok=True)
+    victim_first = [
+        _record("CheckoutAvailabilityBudgetBurnPage", start + 40, service="gateway"),
+        _record("ServiceHigh5xxRatio", start + 90, service="payment"),
+        _record("ServiceDown", start - 600, carried=True, service="payment"),  # not this run's
+    ]
+    assert evaluate(drill, _FakeTracker(victim_first), t0, OK, False, None)[0] == "PASS"
+    cause_first = [
+        _record("CheckoutAvailabilityBudgetBurnPage", start + 45, service="gateway"),
+        _record("ServiceHigh5xxRatio", start + 40, service="payment"),
+    ]
+    verdict, failures, _ = evaluate(drill, _FakeTracker(cause_first), t0, OK, False, None)
+    assert verdict == "FAIL" and failures == [
+        "cascade: the first alert, ServiceHigh5xxRatio {service=payment}, names the answer's "
+        "service payment, not a victim"
+    ]
+
+
+CASCADES = {"retry-storm", "payment-hang", "deploy-red-herring", "confirmations-stuck"}
+
+
+def test_at_least_three_drills_are_cascades_and_verify_checks_them() -> None:
+    """The first alert of each is on a victim; `evaluate` (above) fails the run otherwise."""
+    assert {d.id for d in DRILLS.values() if d.cascade} == CASCADES
+
+
 def test_data_check_passes_a_clean_run_and_reports_counts() -> None:
     result = check_data({"o1"}, _healthy_state())
     assert result["ok"] is True, result["problems"]

@@ -167,6 +167,11 @@ class Drill(_Strict):
         "others", description="'others': every alert neither expected nor allowed"
     )
     answer: AnswerKey
+    cascade: bool = Field(
+        False,
+        description="the first alert to fire names a victim, a service other than the "
+        "answer's (verify fails the run otherwise)",
+    )
     hints: list[Hint] = Field(min_length=1)
     debrief: Debrief
 

@@ -54,6 +54,8 @@ def evaluate(
     for record in fired:
         if drill.is_silent(record.name):
             failures.append(f"forbidden alert fired: {record.name} {_brief(record.labels)}")
+    if drill.cascade:
+        failures += _cascade_failures(drill, fired, start)
     if data.ok is False:
         failures += [f"data check: {p}" for p in data.problems]
     failures += [
@@ -66,6 +68,20 @@ def evaluate(
     if error:
         failures.append(f"error: {error}")
     return ("PASS" if not failures else "FAIL"), failures, rows
+
+
+def _cascade_failures(drill: Drill, fired: Sequence[AlertRecord], start: float) -> list[str]:
+    """A cascade drill teaches that the loudest first alert is on a victim: it must be."""
+    after = [r for r in fired if r.fired_at and r.fired_at >= start - 5]
+    if not after:
+        return ["cascade: no alert fired"]
+    first = min(after, key=lambda r: r.fired_at or 0.0)
+    if first.labels.get("service") == drill.answer.service:
+        return [
+            f"cascade: the first alert, {first.name} {_brief(first.labels)}, names the answer's "
+            f"service {drill.answer.service}, not a victim"
+        ]
+    return []
 
 
 def time_to_detect(drill: Drill, tracker: AlertTracker, t0: float) -> float | None:
