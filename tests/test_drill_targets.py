@@ -217,7 +217,7 @@ def test_the_crash_drill_against_a_lab_given_only_by_urls(tmp_path: Path) -> Non
         assert platform.restarted[0][0] >= crash["t"] + 90 - 1  # not before the hold ended
         back = next(e for e in journal["events"] if e["event"] == "service_restarted")
         assert back["services"] == ["order"]
-        assert not crash_hold_path(tmp_path / "lab/data/faults-audit.jsonl", "order").exists()
+        assert not crash_hold_path(lab.fault_audit_file, "order").exists()
     finally:
         platform.stop.set()
         platform.thread.join(60)
@@ -232,7 +232,8 @@ def test_natively_a_crash_leaves_its_hold_and_rollback_lifts_it_and_restarts(
     """The crash fault writes its hold before the process exits; `labctl drill rollback`'s
     restart (the native runner's) removes it and starts the service on the port it had."""
     port = native_lab.port("notification")
-    hold = crash_hold_path(native_lab.runtime_dir / "data/faults-audit.jsonl", "notification")
+    hold = crash_hold_path(native_lab.fault_audit_file, "notification")
+    assert native_lab.runtime_dir not in hold.parents  # nothing of it where a trainee reads
     admin = {"Authorization": f"Bearer {native_lab.admin_token()}"}
     fault = {"fault": {"kind": "crash", "ttl_seconds": 600}}
     resp = httpx.post(f"{native_lab.urls['notification']}/admin/faults", json=fault,

@@ -7,6 +7,7 @@ Prometheus, Alertmanager); every wait is a poll with a deadline.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -466,10 +467,12 @@ def test_answer_scores_the_blind_drill_and_closes_it(
     monkeypatch.setattr(blind, "CURRENT", tmp_path / "current.json")
     now = time.time()
     state = {
-        "run_id": "r1", "drill_id": "payment-latency", "started_at": now - 100,
-        "fault_start": now - 60, "hints": [], "guesses": [], "closed": False,
+        "run_id": "r1", "sealed": blind.seal("payment-latency", "k" * 32), "key": "k" * 32,
+        "started_at": now - 100, "fault_start": now - 60, "hints": [], "guesses": [],
+        "closed": False,
     }  # fmt: skip
     (tmp_path / "current.json").write_text(json.dumps(state))
+    assert "payment" not in (tmp_path / "current.json").read_text()  # not at a glance
     assert cli.main(["drill", "hint"]) == 0
     # typos are refused without costing a guess
     assert cli.main(["drill", "answer", "--service", "paymnt", "--kind", "latency"]) == 2
@@ -486,6 +489,52 @@ def test_answer_scores_the_blind_drill_and_closes_it(
     expected = 100 - DRILLS["payment-latency"].hints[0].cost - WRONG_GUESS_COST
     assert f"Score: {expected}/100" in out
     assert cli.main(["drill", "answer", "--service", "payment", "--kind", "latency"]) == 1
+
+
+def test_a_blind_drills_id_is_in_no_command_line_environment_or_state_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`blind` hands the drill to its runner on standard input; `run --blind` reads it there."""
+    from types import SimpleNamespace
+
+    from labctl.drills import commands
+
+    monkeypatch.setattr(blind, "DRILLS_VAR", tmp_path)
+    monkeypatch.setattr(blind, "CURRENT", tmp_path / "current.json")
+    lab = SimpleNamespace(unreachable=list, close=lambda: None, where="x")
+    monkeypatch.setattr(blind, "open_lab", lambda *_a: lab)
+    spawned: dict = {}
+
+    class Runner:
+        def __init__(self, argv, **kw):
+            spawned.update(argv=argv, env=kw.get("env"), pid=4242)
+            self.pid, self.stdin = 4242, self
+
+        def write(self, data: bytes) -> None:
+            spawned["stdin"] = spawned.get("stdin", b"") + data
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(blind.subprocess, "Popen", Runner)
+    assert cli.main(["drill", "blind", "--seed", "3"]) == 0
+    drill = blind.pick(DRILLS, 3)
+    assert spawned["stdin"] == f"{drill.id}\n".encode()
+    assert drill.id not in " ".join(spawned["argv"]) and spawned["env"] is None  # inherited
+    assert drill.id not in (tmp_path / "current.json").read_text()
+    assert blind.unseal(blind.read_current(), DRILLS) is drill
+    # ... and the runner reads it from standard input
+    ran: dict = {}
+
+    def execute(lab_, drill_, run_id, **kw):
+        ran.update(drill=drill_.id, blind=kw["blind"])
+        return SimpleNamespace(verdict="PASS")
+
+    monkeypatch.setattr(commands, "execute", execute)
+    monkeypatch.setattr(commands, "open_lab", lambda *_a: lab)
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{drill.id}\n"))
+    assert cli.main(["drill", "run", "--blind", "--run-id", "r9"]) == 0
+    assert ran == {"drill": drill.id, "blind": True}
 
 
 def test_messages_name_the_command_the_user_typed(monkeypatch: pytest.MonkeyPatch) -> None:

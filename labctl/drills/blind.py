@@ -1,13 +1,20 @@
 """Blind mode: a random drill in the background, its name hidden; hints cost points; answers
 are scored.
 
-The open blind drill lives in var/drills/current.json (what `hint` and `answer` read back).
+The open blind drill lives in var/drills/current.json (what `hint` and `answer` read back). Its
+drill is not named there, nor in the runner's command line or environment: the state holds a
+keyed digest of the id (`seal`), and the runner reads the id from its standard input. That keeps
+the answer from a glance at `ps` or a file, not from someone who reads this code: the lab runs
+on the trainee's own machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import random
+import secrets
 import subprocess
 import sys
 import time
@@ -16,7 +23,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError
 
 from labctl.config import REPO_ROOT, SERVICES, LabError, lab_dir
-from labctl.drills.common import DRILLS_VAR, command, find_drill, new_run_id, say
+from labctl.drills.common import DRILLS_VAR, command, new_run_id, say
 from labctl.drills.journal import Answer, Journal
 from labctl.drills.model import NO_INCIDENT, Drill, load_drills
 from labctl.drills.report import write_report
@@ -43,7 +50,8 @@ class BlindState(BaseModel):
     """The open blind drill (var/drills/current.json): what `hint` and `answer` read back."""
 
     run_id: str
-    drill_id: str
+    sealed: str = Field(description="seal(drill id, key): which drill, not readable at a glance")
+    key: str
     seed: int | None = None
     started_at: float
     fault_start: float
@@ -64,6 +72,17 @@ class BlindState(BaseModel):
             time_to_detect,
             [h.cost for h in self.hints],
         )
+
+
+def seal(drill_id: str, key: str) -> str:
+    return hmac.new(key.encode(), drill_id.encode(), hashlib.sha256).hexdigest()
+
+
+def unseal(state: BlindState, drills: dict[str, Drill]) -> Drill:
+    for drill in drills.values():
+        if hmac.compare_digest(seal(drill.id, state.key), state.sealed):
+            return drill
+    raise LabError(f"the blind drill {state.run_id} is none of the drills of this checkout")
 
 
 def read_current() -> BlindState | None:
@@ -107,20 +126,26 @@ def cmd_blind(args: argparse.Namespace) -> int:
     run_dir = DRILLS_VAR / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "runner.log"
-    argv = [sys.executable, "-m", "labctl", "drill", "run", drill.id, "--blind"]
+    # The drill's id goes to the runner on its standard input, not in its command line.
+    argv = [sys.executable, "-m", "labctl", "drill", "run", "--blind"]
     argv += ["--run-id", run_id, "--log", str(log)]
     if args.lab:
         argv += ["--lab", str(Path(args.lab).resolve())]
     with log.open("ab") as fh:
         proc = subprocess.Popen(
-            argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+            argv, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=fh, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(f"{drill.id}\n".encode())
+    proc.stdin.close()
+    key = secrets.token_hex(16)
     started = time.time()
     write_current(
         BlindState(
             run_id=run_id,
-            drill_id=drill.id,
+            sealed=seal(drill.id, key),
+            key=key,
             seed=args.seed,
             started_at=started,
             fault_start=started + (drill.fault_start or 0),
@@ -145,7 +170,7 @@ def _open_state() -> tuple[BlindState, Drill]:
         raise LabError(
             f"the blind drill {state.run_id} is over; start another with `{command('blind')}`"
         )
-    return state, find_drill(load_drills(), state.drill_id)
+    return state, unseal(state, load_drills())
 
 
 def cmd_hint(args: argparse.Namespace) -> int:

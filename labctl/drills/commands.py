@@ -14,6 +14,7 @@ starts its own lab on free ports in var/drills/lab unless ``--use-running`` or `
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from labctl.config import SERVICES, LabError, lab_dir
@@ -39,7 +40,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    drill = find_drill(load_drills(), args.drill)
+    # A blind run is told its drill on standard input (labctl.drills.blind: not in `ps`).
+    drill_id = args.drill or (sys.stdin.readline().strip() if args.blind else "")
+    if not drill_id:
+        raise LabError(f"which drill? `{command('list')}` shows them")
+    drill = find_drill(load_drills(), drill_id)
     lab = open_lab(args.lab, lambda: NativeLab(lab_dir(), out=say))
     out = say
     if args.log:
@@ -115,7 +120,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("list", help="the drills").set_defaults(func=cmd_list)
     lab_help = "a lab given by its URLs: a lab file (TOML, docs/drills.md); default: LAB_DIR"
     run = sub.add_parser("run", help="run one drill against the running lab")
-    run.add_argument("drill")
+    run.add_argument("drill", nargs="?")
     run.add_argument("--lab", metavar="FILE", help=lab_help)
     run.add_argument("--run-id")
     run.add_argument("--blind", action="store_true", help=argparse.SUPPRESS)

@@ -33,7 +33,7 @@ from labctl.config import COMPONENTS, SERVICES, LabError
 from labctl.drills import data_check
 from labctl.drills.restart import restart_services
 from labctl.native.lab import NativeLab
-from services.kit.faults import crash_hold_path, default_audit_path
+from services.kit.faults import crash_hold_path
 
 REQUIRED_URLS = (*SERVICES, "prometheus")
 REDEPLOY_SECONDS = 60.0  # a native service's stop and start for a release
@@ -106,10 +106,9 @@ class NativeTarget:
         self, out: Callable[[str], None], pause: Callable[[float], None] = time.sleep
     ) -> list[str]:
         """The runner is the operator here: it lifts a crash's hold and restarts the service."""
-        audit = default_audit_path(self.lab.runtime_dir / "data")  # components.py's DATA_DIR
         for service in SERVICES:
             if service not in self.lab.urls:
-                crash_hold_path(audit, service).unlink(missing_ok=True)
+                crash_hold_path(self.lab.fault_audit_file, service).unlink(missing_ok=True)
         return restart_services(self.lab, self.ports, out)
 
     def redeployed(

@@ -57,6 +57,7 @@ def _service(name: str) -> Builder:
         env = {
             "OTEL_SERVICE_NAME": name,
             "DATA_DIR": str(rt / "data"),
+            "FAULT_AUDIT_FILE": str(lab.fault_audit_file),
             # A local lab on loopback, said so explicitly; its secrets are its own, random
             # (JWT_SECRET, ADMIN_TOKEN, INTERNAL_TOKEN in secrets.json: docs/security.md).
             "LAB_MODE": "local",

@@ -117,6 +117,12 @@ class NativeLab:
     def log_file(self, name: str) -> Path:
         return self.runtime_dir / "logs" / f"{name}.log"
 
+    @property
+    def fault_audit_file(self) -> Path:
+        """The admin API's audit trail (and a crash's hold, a release in progress), beside the
+        runtime folder, not in it: nothing of a drill's faults where a trainee reads the lab."""
+        return self.runtime_dir.parent / f".{self.runtime_dir.name}-admin" / "audit.jsonl"
+
     def pid_file(self, name: str) -> Path:
         return self.runtime_dir / "pids" / f"{name}.pid"
 
@@ -541,6 +547,8 @@ class NativeLab:
         self.down()
         if self.runtime_dir.exists():
             shutil.rmtree(self.runtime_dir)
+        if self.fault_audit_file.parent.exists():
+            shutil.rmtree(self.fault_audit_file.parent)
 
     # ----------------------------------------------------------------- status
 
