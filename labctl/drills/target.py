@@ -121,15 +121,15 @@ class NativeTarget:
         """A bad release or its rollback stops `service`: the runner starts it again once it
         is gone (as a platform would), and returns when it runs with a new start time."""
         url = self.lab.urls.get(service) or f"http://127.0.0.1:{self.ports[service]}"
-        deadline = time.monotonic() + REDEPLOY_SECONDS
-        for _ in range(int(REDEPLOY_SECONDS / 0.5) + 2):
+
+        def back() -> bool:
             if service not in self.lab.urls:
                 self.restart(out, pause)
-            elif (started := started_at(url)) is not None and started != before:
-                return
-            if time.monotonic() > deadline:
-                raise LabError(f"{service} did not restart within {REDEPLOY_SECONDS:.0f}s")
-            pause(0.5)
+                return False
+            return started_at(url) not in (None, before)
+
+        poll_until(back, REDEPLOY_SECONDS, 0.5, pause,
+                   lambda: f"{service} did not restart within {REDEPLOY_SECONDS:.0f}s")  # fmt: skip
 
     def rebuild(self) -> None:
         self.lab.down()
@@ -241,19 +241,18 @@ class UrlLab:
         if not down:
             return []
         out(f"  waiting for the platform to restart {', '.join(down)}")
-        deadline = time.monotonic() + self.restart_timeout
-        for _ in range(int(self.restart_timeout / POLL_SECONDS) + 2):
-            still = [s for s in self._down() if s in down]
-            if not still:
-                return down
-            if time.monotonic() > deadline:
-                raise LabError(
-                    f"{', '.join(still)} did not come back within {self.restart_timeout:.0f}s: "
-                    "the platform should restart a crashed service (compose: restart: "
-                    "unless-stopped; Kubernetes: restartPolicy Always)"
-                )
-            pause(POLL_SECONDS)
-        return [s for s in down if s not in self._down()]
+        poll_until(
+            lambda: not set(down) & set(self._down()),
+            self.restart_timeout,
+            POLL_SECONDS,
+            pause,
+            lambda: (
+                f"{', '.join(down)} did not all come back within "
+                f"{self.restart_timeout:.0f}s: the platform should restart a crashed service "
+                "(compose: restart: unless-stopped; Kubernetes: restartPolicy Always)"
+            ),
+        )
+        return down
 
     def redeployed(
         self,
@@ -264,16 +263,16 @@ class UrlLab:
     ) -> None:
         """Wait, bounded, until the platform has restarted `service` (a new start time)."""
         out(f"  waiting for the platform to restart {service}")
-        deadline = time.monotonic() + self.restart_timeout
-        for _ in range(int(self.restart_timeout / POLL_SECONDS) + 2):
-            if (started := started_at(self._urls[service])) is not None and started != before:
-                return
-            if time.monotonic() > deadline:
-                raise LabError(
-                    f"{service} did not come back within {self.restart_timeout:.0f}s after it "
-                    "stopped for a release: the platform should restart it"
-                )
-            pause(POLL_SECONDS)
+        poll_until(
+            lambda: started_at(self._urls[service]) not in (None, before),
+            self.restart_timeout,
+            POLL_SECONDS,
+            pause,
+            lambda: (
+                f"{service} did not come back within {self.restart_timeout:.0f}s after it "
+                "stopped for a release: the platform should restart it"
+            ),
+        )
 
     def rebuild(self) -> None:
         raise LabError(f"a lab given by URLs ({self.file}) cannot be rebuilt from here")
@@ -283,6 +282,25 @@ class UrlLab:
 
     def close(self) -> None:
         return None
+
+
+def poll_until(
+    done: Callable[[], bool],
+    seconds: float,
+    interval: float,
+    pause: Callable[[float], None],
+    failure: Callable[[], str],
+) -> None:
+    """Poll `done` every `interval` until it holds; LabError(failure()) after `seconds`
+    (bounded by the clock and by a count)."""
+    deadline = time.monotonic() + seconds
+    for _ in range(int(seconds / interval) + 2):
+        if done():
+            return
+        if time.monotonic() > deadline:
+            break
+        pause(interval)
+    raise LabError(failure())
 
 
 def started_at(url: str) -> float | None:
