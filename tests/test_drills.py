@@ -28,6 +28,7 @@ from labctl.drills.common import command, find_drill
 from labctl.drills.data_check import check_data, parse_ts
 from labctl.drills.journal import DataCheck
 from labctl.drills.model import (
+    CAPACITY,
     NO_INCIDENT,
     Drill,
     NativeStep,
@@ -101,6 +102,7 @@ KIND_WORDS = {
     "crash": ("crash", "exited", "killed"),
     "bad_release": ("release", "deploy", "changed", "version", "rollout"),
     "signing_key_mismatch": ("signing", "key", "jwt", "secret"),
+    CAPACITY: ("capacity", "traffic", "spike", "load", "campaign", "busy"),
 }
 # Status phrases a shopper reads on an error page; they name no service of the lab.
 STATUS_PHRASES = re.compile(r"bad gateway|gateway timeout")
@@ -114,8 +116,8 @@ def giveaways(title: str, briefing: str, kind: str) -> list[str]:
     return found + [w for w in words if re.search(rf"\b{re.escape(w)}", text)]
 
 
-def test_every_fault_kind_has_its_giveaway_words() -> None:
-    assert set(KIND_WORDS) == set(FAULT_KINDS)
+def test_every_answer_kind_has_its_giveaway_words() -> None:
+    assert set(KIND_WORDS) == {*FAULT_KINDS, CAPACITY}
 
 
 def test_the_giveaway_check_catches_a_named_service_or_kind() -> None:
@@ -354,6 +356,21 @@ def _broken(change) -> list[str]:
     result = check_data({"o1"}, state)
     assert result["ok"] is False
     return result["problems"]
+
+
+def test_capacity_is_an_answer_for_a_drill_without_faults_that_pages() -> None:
+    spike = DRILLS["traffic-spike"]
+    assert not spike.timeline and spike.expected_alerts
+    assert (spike.answer.service, spike.answer.kind) == (NO_INCIDENT, CAPACITY)
+    assert blind.guess_problem("none", "capacity") is None
+    assert blind.guess_problem("none", "overload") is not None
+    data = DRILLS["no-incident"].model_dump(by_alias=True)
+    data["expected_alerts"] = [{"alert": "CheckoutLatencyBudgetBurnPage", "within": 60}]
+    with pytest.raises(ValidationError, match="expects no alert"):
+        Drill.model_validate(data)
+    data["answer"] = {"service": "payment", "kind": "capacity"}
+    with pytest.raises(ValidationError, match="none/capacity"):
+        Drill.model_validate(data)
 
 
 def test_a_cascade_drill_fails_when_the_first_alert_names_the_answer() -> None:

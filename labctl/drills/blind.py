@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, ValidationError
 from labctl.config import REPO_ROOT, SERVICES, LabError, lab_dir
 from labctl.drills.common import DRILLS_VAR, command, new_run_id, say
 from labctl.drills.journal import Answer, Journal
-from labctl.drills.model import NO_INCIDENT, Drill, load_drills
+from labctl.drills.model import CAPACITY, NO_INCIDENT, Drill, load_drills
 from labctl.drills.report import write_report
 from labctl.drills.scoring import MAX_GUESSES, Guess, Score, is_right, normalise, score
 from labctl.drills.target import open_lab
@@ -214,8 +214,9 @@ def guess_problem(service: str, kind: str) -> str | None:
     """Why a guess is not an answer at all (a typo must not cost a guess), or None."""
     if normalise(service) not in {*SERVICES, NO_INCIDENT}:
         return f"unknown service {service!r}; one of: {', '.join(SERVICES)}, or none"
-    if normalise(kind) not in {*FAULT_KINDS, NO_INCIDENT}:
-        return f"unknown fault kind {kind!r}; one of: {', '.join(FAULT_KINDS)}, or none"
+    if normalise(kind) not in {*FAULT_KINDS, CAPACITY, NO_INCIDENT}:
+        kinds = ", ".join((*FAULT_KINDS, CAPACITY))
+        return f"unknown fault kind {kind!r}; one of: {kinds}, or none"
     return None
 
 
@@ -239,11 +240,12 @@ def cmd_answer(args: argparse.Namespace) -> int:
     state.closed = True
     write_current(state)
     say(f"{'Right' if service_ok and kind_ok else 'Out of guesses'}: the drill was {drill.id}.")
-    cause = (
-        "no incident"
-        if drill.answer.service == NO_INCIDENT
-        else (f"{drill.answer.kind} on {drill.answer.service}")
-    )
+    if drill.answer.kind == CAPACITY:
+        cause = "no fault: more shoppers than the lab can serve (capacity)"
+    elif drill.answer.service == NO_INCIDENT:
+        cause = "no incident"
+    else:
+        cause = f"{drill.answer.kind} on {drill.answer.service}"
     say(f"Cause: {cause}.\nScore: {result.total}/100 {result.breakdown}")
     say("Debrief: " + drill.debrief.summary.strip())
     for ev in drill.debrief.evidence:
