@@ -147,7 +147,7 @@ def test_a_service_exits_at_startup_while_a_crash_hold_lasts(
     program = (
         "import sys; from pathlib import Path; from services.kit.faults import FaultManager\n"
         "m = FaultManager('order', audit_path=Path(sys.argv[1]), pool_capacity=1,"
-        " set_version=lambda v: None, version='1')\n"
+        " set_version=lambda v: None)\n"
         "m.exit_if_held()\n"
     )
     done = subprocess.run([sys.executable, "-c", program, str(audit)], cwd=ROOT, timeout=60)

@@ -80,7 +80,6 @@ class Kit:
             audit_path=audit,
             pool_capacity=s.db_pool_size + s.db_max_overflow,
             set_version=self.metrics.set_version,
-            version=s.service_version,
         )
 
     def client(self, peer: str) -> ServiceClient:

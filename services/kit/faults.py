@@ -106,7 +106,7 @@ class FaultManager:
 
     Given only what the faults act on: the service's name (for errors and the audit trail), the
     audit file, how many connections `db_pool_exhaustion` holds by default (the pool's size plus
-    its overflow), and how a bad release shows (`set_version`, back to `version` when it ends).
+    its overflow), and how a restarted bad release shows its version (`set_version`).
     `database` is set once the service opens one (`Kit.open_database`); until then, and in a
     service without a database, `db_pool_exhaustion` does not apply.
 
@@ -122,7 +122,6 @@ class FaultManager:
         audit_path: Path,
         pool_capacity: int,
         set_version: Callable[[str], None],
-        version: str,
         database: Database | None = None,
         max_faults: int = MAX_ACTIVE_FAULTS,
         max_memory_mb: int = MAX_FAULT_MEMORY_MB,
@@ -138,7 +137,6 @@ class FaultManager:
         self.audit_path = audit_path
         self.pool_capacity = pool_capacity
         self.set_version = set_version
-        self.version = version
         self.database = database
         self.active: dict[str, ActiveFault] = {}
         self.shutting_down = False
@@ -322,11 +320,7 @@ class FaultManager:
         # The hold first (the restarted process must find it), then leave time for the admin
         # response to be sent and die without cleanup, like a segfault.
         hold = {"exit_code": fault.spec.exit_code, "until": fault.expires_at}
-        path = crash_hold_path(self.audit_path, self.service)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(orjson.dumps(hold))
-        tmp.replace(path)
+        _write_json(crash_hold_path(self.audit_path, self.service), hold)
         asyncio.get_running_loop().call_later(0.2, os._exit, fault.spec.exit_code)
         return None
 
