@@ -665,6 +665,29 @@ def test_verify_ci_subset_on_the_real_lab(tmp_path: Path) -> None:
         lab.close()
 
 
+def test_an_interrupted_drill_ends_verify(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C or SIGTERM during a drill: the runner cleans up and verify runs no more drills."""
+    from types import SimpleNamespace
+
+    seen: list[str] = []
+
+    def fake_execute(lab_, drill, run_id, **_kw):
+        seen.append(drill.id)
+        journal = SimpleNamespace(
+            expected=[], data_check=SimpleNamespace(ok=None), native=[], interrupted=True
+        )
+        return SimpleNamespace(
+            tracker=SimpleNamespace(fired=list), journal=journal, verdict="FAIL",
+            failures=["interrupted"], run_dir=Path("x"),
+        )  # fmt: skip
+
+    monkeypatch.setattr(drill_verify, "execute", fake_execute)
+    lab = SimpleNamespace(unreachable=list)
+    ok, rows = drill_verify.verify(lab, [DRILLS["no-incident"], DRILLS["crash"]],
+                                   out=lambda _line: None)  # fmt: skip
+    assert not ok and seen == ["no-incident"] and [r.verdict for r in rows] == ["FAIL"]
+
+
 @pytest.mark.integration
 def test_verify_rebuilds_a_broken_lab_and_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -683,7 +706,9 @@ def test_verify_rebuilds_a_broken_lab_and_goes_on(
             pid = json.loads(lab_.state_file.read_text())["components"]["payment"]["pid"]
             psutil.Process(pid).kill()
             psutil.Process(pid).wait(10)
-        journal = SimpleNamespace(expected=[], data_check=SimpleNamespace(ok=True), native=[])
+        journal = SimpleNamespace(
+            expected=[], data_check=SimpleNamespace(ok=True), native=[], interrupted=False
+        )
         return SimpleNamespace(
             tracker=SimpleNamespace(fired=list), journal=journal, verdict="PASS", failures=[],
             run_dir=tmp_path / run_id,

@@ -4,6 +4,7 @@ firing, no data lost, and every native step of its debrief finds what it says.""
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,7 +72,8 @@ def verify(
 
     A drill that leaves the lab broken (a component gone that should run) is reported as an
     ERROR, and the lab is rebuilt before the next drill (when `rebuild`: a lab verify started
-    itself), so one broken drill does not fail every drill after it."""
+    itself), so one broken drill does not fail every drill after it. A drill interrupted
+    (Ctrl-C, SIGTERM: the runner cleans up) ends the whole verify: that is what was asked."""
     target = as_target(lab)
     rows: list[VerifyRow] = []
     for drill in drills:
@@ -84,6 +86,10 @@ def verify(
             row = VerifyRow(drill.id, "ERROR", [f"the lab is not usable: {exc}"])
         else:
             row = VerifyRow.of(drill, result)
+            if result.journal.interrupted:
+                rows.append(row)
+                out("  interrupted: no more drills")
+                break
         rows.append(row)
         if missing := target.unreachable():
             message = f"the lab broke during this drill ({', '.join(missing)} not running)"
@@ -117,6 +123,17 @@ def verify_order(drills: dict[str, Drill], only: list[str] | None) -> list[Drill
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    # SIGTERM outside a drill (starting the lab, between drills) ends verify the way Ctrl-C
+    # does, so the lab it started is stopped; inside a drill the runner's own handler takes
+    # over (labctl.drills.runner.interruptible), cleans up, and verify runs no more drills.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _verify(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _verify(args: argparse.Namespace) -> int:
     drills = load_drills()
     chosen = verify_order(drills, [i for i in (args.only or "").split(",") if i] or None)
     started = time.monotonic()
