@@ -413,16 +413,22 @@ def test_parallel_logins_are_bounded_by_the_hashing_pool(tmp_path):
 def test_the_labs_own_load_stays_under_the_default_login_limits():
     """Locust (loadtest/locustfile.py) logs each user in once, then again only after a 401 or a
     failed login, at most once per task; tasks come every LOCUST_WAIT_MIN seconds at the
-    fastest. Every drill, auth-401-storm included, must stay under the per-client limit, and
-    the pool's passwords are right, so no account collects failures."""
+    fastest. A drill with a fault can fail every login or token (auth-401-storm): its users at
+    that rate must stay under the per-client limit. A drill without one (traffic-spike) fails
+    logins only by overload, which the hashing pool turns away as `busy` and Locust's think
+    time spaces out: its users get room for a first login and one retry per window (measured on
+    traffic-spike, 120 users: 213 logins in 4 minutes, 17 turned away as busy, none by the
+    per-client limit). And the pool's passwords are right, so no account collects failures."""
     s = Settings()
     load = LoadSettings.from_env({})
     drills = [
         yaml.safe_load(p.read_text()) for p in sorted((ROOT / "loadtest/drills").glob("*.yaml"))
     ]
-    most_users = max(d["load"]["users"] for d in drills)
-    per_window = most_users * (s.login_client_window_seconds / load.wait_min + 1)
-    assert per_window <= s.login_client_attempts, (most_users, per_window)
+    with_faults = max(d["load"]["users"] for d in drills if d["timeline"])
+    per_window = with_faults * (s.login_client_window_seconds / load.wait_min + 1)
+    assert per_window <= s.login_client_attempts, (with_faults, per_window)
+    without = max(d["load"]["users"] for d in drills if not d["timeline"])
+    assert without * 2 <= s.login_client_attempts, without
     assert all(DEMO_PASSWORDS.get(u) == pw for u, pw in load.users)
 
 
