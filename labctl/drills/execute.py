@@ -34,10 +34,14 @@ def execute(
     *,
     blind: bool = False,
     wait_quiet: bool = False,
+    end_when_settled: bool = False,
     out: Any = say,
 ) -> RunResult:
     run_dir = DRILLS_VAR / run_id
-    runner = DrillRunner(lab, drill, run_dir, out=out, blind=blind, wait_quiet=wait_quiet)
+    runner = DrillRunner(
+        lab, drill, run_dir, out=out, blind=blind, wait_quiet=wait_quiet,
+        end_when_settled=end_when_settled,
+    )  # fmt: skip
     try:
         if not blind:
             out(f"Drill {drill.id}: {drill.title} ({drill.difficulty}); run {run_id}")

@@ -31,7 +31,7 @@ from labctl.drills.model import Drill, FaultStep
 from labctl.drills.native_steps import check_steps, window_of
 from labctl.drills.prometheus import AlertTracker, Prometheus
 from labctl.drills.target import DrillLab, as_target, started_at
-from labctl.drills.verdict import evaluate, time_to_detect
+from labctl.drills.verdict import evaluate, settled, time_to_detect
 from labctl.native.lab import NativeLab
 
 POLL_SECONDS = 2.0
@@ -92,6 +92,7 @@ class DrillRunner:
         stop: threading.Event | None = None,
         wait_quiet: bool = False,
         blind: bool = False,
+        end_when_settled: bool = False,
     ) -> None:
         self.lab = as_target(lab)
         self.drill = drill
@@ -100,6 +101,7 @@ class DrillRunner:
         self.stop = stop or threading.Event()
         self.wait_quiet = wait_quiet
         self.blind = blind
+        self.end_when_settled = end_when_settled  # verify: labctl.drills.verdict.settled
         missing = self.lab.unreachable()
         if missing:
             raise LabError(
@@ -203,8 +205,11 @@ class DrillRunner:
             interrupted=interrupted,
             error=error,
             faults=[
-                FaultWindow(service=s.service, fault=s.body(), at=t0 + s.at, until=t0 + s.end)
+                FaultWindow(
+                    service=s.service, fault=s.body(), at=t0 + s.at, until=min(t0 + s.end, load_end)
+                )
                 for s in drill.timeline
+                if t0 + s.at < load_end
             ],
             events=self.events,
             alerts=[r.seen() for r in tracker.fired(include_carried=True)],
@@ -248,6 +253,11 @@ class DrillRunner:
             if elapsed - last_progress >= PROGRESS_SECONDS:
                 last_progress = elapsed
                 self.out(self._progress(elapsed, tracker))
+            if self.end_when_settled and settled(drill, tracker, t0, elapsed):
+                self.out(f"  settled at {elapsed:.0f}s: every expected alert fired; load ends")
+                self.event("load_settled", elapsed=round(elapsed, 1))
+                locust.stop()
+                break
             if elapsed >= drill.load.duration or not locust.running():
                 if locust.running():
                     locust.stop()

@@ -135,6 +135,9 @@ class NativeTarget:
         self.lab.down()
         self.lab.up()
 
+    def fresh_monitoring(self) -> None:
+        self.lab.fresh_monitoring()
+
     def describe(self) -> dict[str, Any]:
         return {"runtime_dir": str(self.lab.runtime_dir), "urls": self.lab.urls}
 

@@ -84,6 +84,24 @@ def _cascade_failures(drill: Drill, fired: Sequence[AlertRecord], start: float) 
     return []
 
 
+EVIDENCE_SECONDS = 45.0
+"""The least fault time a run cut short keeps: enough for its debrief steps to find evidence."""
+
+
+def settled(drill: Drill, tracker: AlertTracker, t0: float, elapsed: float) -> bool:
+    """Can the load end now without changing what the alerts say? Every fault has started,
+    every expected alert has fired within its bound, and EVIDENCE_SECONDS of fault lie behind.
+
+    A drill that expects no alert is never settled early: its whole load is the check. What a
+    run cut short no longer sees is an unexpected alert that would have fired later."""
+    if not drill.expected_alerts or any(step.at > elapsed for step in drill.timeline):
+        return False
+    if elapsed < (drill.fault_start or 0.0) + EVIDENCE_SECONDS:
+        return False
+    _, _, rows = evaluate(drill, tracker, t0, DataCheck(ok=None), False, None)
+    return all(row.ok for row in rows)
+
+
 def time_to_detect(drill: Drill, tracker: AlertTracker, t0: float) -> float | None:
     """Seconds from the first fault to the first page (None: nothing paged, or no fault)."""
     if drill.fault_start is None:

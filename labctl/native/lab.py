@@ -534,6 +534,16 @@ class NativeLab:
                 procs.stop(strays, self.stop_grace)
         return stopped
 
+    def fresh_monitoring(self) -> None:
+        """Prometheus and Alertmanager started again on their ports with empty storage: no
+        alert, burn window or notification state of an earlier run is left. The services keep
+        running; their counters carry on, which rate() and increase() take in their stride."""
+        names = ["prometheus", "alertmanager"]
+        self._stop_names(names)
+        for name in names:
+            shutil.rmtree(self.runtime_dir / name / "data", ignore_errors=True)
+        self.up()
+
     def clean(self) -> None:
         """Stop, then delete the runtime folder (databases, Prometheus data, logs, alerts).
 
