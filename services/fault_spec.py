@@ -28,6 +28,8 @@ MAX_FAULT_MEMORY_MB = 2048
 """The sum of ``max_mb`` over one service's active ``memory_growth`` faults."""
 MAX_CPU_BURN_THREADS = 2
 """Active ``cpu_burn`` faults of one service (each runs one thread)."""
+MAX_GC_PAUSE_FAULTS = 1
+"""Active ``gc_pause`` faults of one service (each holds a heap and runs one thread)."""
 
 # A fault's `route` is a path, never a regular expression a client writes: a path template
 # (literal segments and `{name}` segments, compiled by Starlette as its own routes are: `{name}`
@@ -135,6 +137,18 @@ class MemoryGrowthFault(_Fault):
     max_mb: int = Field(300, gt=0, le=2048)
 
 
+class GcPauseFault(_Fault):
+    """Garbage-collection pauses, the way a service gets them: a large heap of live objects (a
+    cache), and objects with reference cycles that live a few seconds and die. Reference
+    counting cannot free a cycle, so they reach the oldest generation, and each of its
+    collections stops the process (the GIL) for as long as walking the whole heap takes:
+    ~0.4-0.7 s for 3 million objects on this lab's machine, every several seconds."""
+
+    kind: Literal["gc_pause"]
+    heap_objects: int = Field(3_000_000, ge=10_000, le=6_000_000)
+    cycles_per_second: int = Field(150_000, ge=1_000, le=500_000)
+
+
 class DbPoolExhaustionFault(_Fault):
     """Checks out `connections` from the pool and holds them (default: all of them)."""
 
@@ -181,6 +195,7 @@ _MODELS = (
     HangFault,
     CpuBurnFault,
     MemoryGrowthFault,
+    GcPauseFault,
     DbPoolExhaustionFault,
     WorkerStallFault,
     CrashFault,

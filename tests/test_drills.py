@@ -42,7 +42,7 @@ from labctl.drills.native_steps import Window, check_metrics
 from labctl.drills.prometheus import AlertRecord, AlertTracker, Prometheus
 from labctl.drills.runner import DrillRunner, interruptible
 from labctl.drills.scoring import WRONG_GUESS_COST, Guess, score
-from labctl.drills.verdict import evaluate, time_to_detect
+from labctl.drills.verdict import EVIDENCE_SECONDS, evaluate, settled, time_to_detect
 from labctl.native.lab import NativeLab
 from labctl.slo.spec import load_spec
 from services.fault_spec import FAULT_KINDS, MODELS, applies
@@ -97,6 +97,7 @@ KIND_WORDS = {
     "hang": ("hang", "hung"),
     "cpu_burn": ("cpu burn", "busy loop"),
     "memory_growth": ("memory", "leak", "rss", "oom"),
+    "gc_pause": ("garbage", "gc", "collect", "heap", "memory"),
     "db_pool_exhaustion": ("pool", "database", "connection"),
     "worker_stall": ("worker", "stall", "queue", "backlog"),
     "crash": ("crash", "exited", "killed"),
@@ -296,6 +297,50 @@ class _FakeTracker(AlertTracker):
 def _record(name: str, fired: float, carried: bool = False, **labels: str) -> AlertRecord:
     labels = {"alertname": name, "severity": "page", **labels}
     return AlertRecord(name, labels, fired - 30, fired, [[fired, fired + 60]], carried)
+
+
+def test_a_verify_run_ends_once_every_expected_alert_fired_and_not_before() -> None:
+    drill = DRILLS["payment-errors"]
+    t0 = 1_000_000.0
+    start = t0 + (drill.fault_start or 0)
+    page = _record("CheckoutAvailabilityBudgetBurnPage", start + 10, service="gateway")
+    ratio = _record("ServiceHigh5xxRatio", start + 60, service="payment")
+    after = (drill.fault_start or 0) + 70
+    assert settled(drill, _FakeTracker([page, ratio]), t0, after)
+    # One expected alert still missing, or on another service: the run goes on.
+    assert not settled(drill, _FakeTracker([page]), t0, after)
+    other = _record("ServiceHigh5xxRatio", start + 60, service="order")
+    assert not settled(drill, _FakeTracker([page, other]), t0, after)
+    # Fired past its bound: the verdict is a FAIL, and the load runs its whole length.
+    late = _record("ServiceHigh5xxRatio", start + 200, service="payment")
+    assert not settled(drill, _FakeTracker([page, late]), t0, (drill.fault_start or 0) + 210)
+    # Both fired at once: the debrief's evidence still gets EVIDENCE_SECONDS of fault.
+    quick = [page, _record("ServiceHigh5xxRatio", start + 5, service="payment")]
+    early = (drill.fault_start or 0) + EVIDENCE_SECONDS - 1
+    assert not settled(drill, _FakeTracker(quick), t0, early)
+    assert settled(drill, _FakeTracker(quick), t0, early + 2)
+    # A drill expecting no alert is never cut short; nor is one whose second fault is to come.
+    assert not settled(DRILLS["no-incident"], _FakeTracker([]), t0, 170)
+    herring = DRILLS["deploy-red-herring"]
+    last = max(step.at for step in herring.timeline)
+    assert not settled(herring, _FakeTracker([]), t0, last - 1)
+
+
+def test_verify_shortens_the_baseline_of_a_steady_drill_only() -> None:
+    drill = DRILLS["payment-errors"]
+    short = drill_verify.shortened(drill)
+    shift = (drill.fault_start or 0) - drill_verify.VERIFY_BASELINE
+    assert shift > 0 and short.fault_start == drill_verify.VERIFY_BASELINE
+    assert short.load.duration == drill.load.duration - shift
+    assert [s.for_ for s in short.timeline] == [s.for_ for s in drill.timeline]
+    herring = drill_verify.shortened(DRILLS["deploy-red-herring"])
+    gaps = [s.at - herring.fault_start for s in herring.timeline]
+    assert gaps == [s.at - DRILLS["deploy-red-herring"].fault_start
+                    for s in DRILLS["deploy-red-herring"].timeline]  # fmt: skip
+    # A shaped load's phases are the drill, and a drill without faults has no baseline to cut.
+    assert drill_verify.shortened(DRILLS["traffic-spike"]) is DRILLS["traffic-spike"]
+    assert drill_verify.shortened(DRILLS["no-incident"]) is DRILLS["no-incident"]
+    assert DRILLS["payment-errors"].fault_start == drill.fault_start  # the original is untouched
 
 
 def test_verdict_needs_expected_alerts_within_bound_and_no_forbidden_alert() -> None:

@@ -10,6 +10,7 @@ trail to its own file (FAULT_AUDIT_FILE), not to the service's log stream.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import ipaddress
@@ -32,6 +33,7 @@ from services.fault_spec import (
     MAX_ACTIVE_FAULTS,
     MAX_CPU_BURN_THREADS,
     MAX_FAULT_MEMORY_MB,
+    MAX_GC_PAUSE_FAULTS,
     REQUEST_KINDS,
     BadReleaseFault,
     FaultIn,
@@ -144,6 +146,7 @@ class FaultManager:
         self.starters: dict[str, Starter] = {
             "cpu_burn": self._cpu_burn,
             "memory_growth": self._memory_growth,
+            "gc_pause": self._gc_pause,
             "crash": self._crash,
             "bad_release": self._bad_release,
         }
@@ -213,6 +216,17 @@ class FaultManager:
                     f"{self.service} already runs {threads} cpu_burn threads "
                     f"(at most {self.max_cpu_threads})",
                     details={"limit": self.max_cpu_threads, "active": threads},
+                )
+
+        if spec.kind == "gc_pause":
+            active = sum(1 for s in specs if s.kind == "gc_pause")
+            if active + 1 > MAX_GC_PAUSE_FAULTS:
+                raise ServiceError(
+                    409,
+                    "fault_gc_limit_reached",
+                    f"{self.service} already has {active} gc_pause fault "
+                    f"(at most {MAX_GC_PAUSE_FAULTS})",
+                    details={"limit": MAX_GC_PAUSE_FAULTS, "active": active},
                 )
 
     async def remove(self, fault_id: str, reason: str = "cleared") -> bool:
@@ -297,6 +311,36 @@ class FaultManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             hoard.clear()
+
+        return stopper
+
+    async def _gc_pause(self, fault: ActiveFault):
+        spec = fault.spec
+        stop = threading.Event()
+        # Objects live about two seconds: past the young generations, then garbage.
+        ring: collections.deque[list] = collections.deque(maxlen=2 * spec.cycles_per_second)
+        batch = max(1, spec.cycles_per_second // 100)
+
+        def churn() -> None:
+            heap = [[] for _ in range(spec.heap_objects)]  # the "cache": live, walked by each
+            n = 0  # full collection
+            while not stop.is_set():
+                began = time.perf_counter()
+                for _ in range(batch):
+                    node: list = [n]
+                    node.append(node)  # a cycle: only the collector can free it
+                    ring.append(node)
+                    n += 1
+                stop.wait(max(0.0, 0.01 - (time.perf_counter() - began)))
+            heap.clear()
+            ring.clear()
+
+        thread = threading.Thread(target=churn, name="cache-refresh", daemon=True)
+        thread.start()
+
+        async def stopper() -> None:
+            stop.set()
+            await asyncio.to_thread(thread.join, 5)
 
         return stopper
 

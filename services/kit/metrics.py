@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import time
+import weakref
 from collections.abc import Callable
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -30,6 +34,27 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+GC_PAUSE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0)
+
+# One gc callback per process times each collection into every live app's histogram (tests run
+# several apps in one process; a service runs one). It observes into label children made
+# beforehand: `labels()` takes the metric's lock, which the collection may have interrupted.
+_gc_apps: weakref.WeakSet[Metrics] = weakref.WeakSet()
+_gc_started = [0.0]
+
+
+def _time_collection(phase: str, info: dict) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+        return
+    took = time.perf_counter() - _gc_started[0]
+    generation = str(info.get("generation", ""))
+    for app in list(_gc_apps):
+        child = app.gc_pause_children.get(generation)
+        if child is not None:
+            child.observe(took)
+
+
 class Metrics:
     """The app's registry and the metrics every service has; services register their own on it."""
 
@@ -37,7 +62,20 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)  # collections and objects collected, per generation
         r = self.registry
+        # How long each collection stopped the process (the GIL is held throughout).
+        self.gc_pause = Histogram(
+            "python_gc_pause_seconds",
+            "Duration of garbage collections, by generation.",
+            ["generation"],
+            buckets=GC_PAUSE_BUCKETS,
+            registry=r,
+        )
+        self.gc_pause_children = {g: self.gc_pause.labels(g) for g in ("0", "1", "2")}
+        _gc_apps.add(self)
+        if _time_collection not in gc.callbacks:
+            gc.callbacks.append(_time_collection)
         self.requests = Counter(
             "http_requests", "HTTP requests served.", ["method", "route", "status"], registry=r
         )
