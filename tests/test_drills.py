@@ -440,7 +440,8 @@ def test_a_cascade_drill_fails_when_the_first_alert_names_the_answer() -> None:
     ]
 
 
-CASCADES = {"retry-storm", "payment-hang", "deploy-red-herring", "confirmations-stuck"}
+CASCADES = {"retry-storm", "payment-hang", "deploy-red-herring", "confirmations-stuck",
+            "gc-pauses"}  # fmt: skip
 
 
 def test_at_least_three_drills_are_cascades_and_verify_checks_them() -> None:
