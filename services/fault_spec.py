@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, ClassVar, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 from starlette.routing import compile_path
 
 DEFAULT_ADMIN_TOKEN = "triagelab-admin-dev-token-local-lab-only"
@@ -157,6 +157,23 @@ class DbPoolExhaustionFault(_Fault):
     connections: int | None = Field(None, gt=0, le=400)
 
 
+class DbLockFault(_Fault):
+    """Another client of the service's SQLite database (a batch job, a migration) holds its
+    write lock `hold_ms` of every `every_ms`: writes queue behind it (busy_timeout), reads run
+    on (WAL). The service's own queries are ordinary; they wait for a lock, not for work."""
+
+    services: ClassVar[frozenset[str] | None] = frozenset({"order", "payment", "notification"})
+    kind: Literal["db_lock"]
+    hold_ms: float = Field(900, gt=0, le=5_000)
+    every_ms: float = Field(1200, gt=0, le=60_000)
+
+    @model_validator(mode="after")
+    def _gaps(self) -> DbLockFault:
+        if self.every_ms <= self.hold_ms:
+            raise ValueError("every_ms must be longer than hold_ms (the lock is let go in between)")
+        return self
+
+
 class WorkerStallFault(_Fault):
     """notification: the delivery worker stops picking up work."""
 
@@ -197,6 +214,7 @@ _MODELS = (
     MemoryGrowthFault,
     GcPauseFault,
     DbPoolExhaustionFault,
+    DbLockFault,
     WorkerStallFault,
     CrashFault,
     BadReleaseFault,

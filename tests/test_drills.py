@@ -98,6 +98,7 @@ KIND_WORDS = {
     "memory_growth": ("memory", "leak", "rss", "oom"),
     "gc_pause": ("garbage", "gc", "collect", "heap", "memory"),
     "db_pool_exhaustion": ("pool", "database", "connection"),
+    "db_lock": ("lock", "database", "query", "transaction", "batch"),
     "worker_stall": ("worker", "stall", "queue", "backlog"),
     "crash": ("crash", "exited", "killed"),
     "bad_release": ("release", "deploy", "changed", "version", "rollout"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import re
 import signal
+import sqlite3
 import time
+from pathlib import Path
 
 import anyio
 import httpx
@@ -263,6 +265,55 @@ async def test_db_pool_exhaustion_gives_503_not_a_hang(shop):
         headers=as_shopper("a"),
     )
     assert r.status_code == 201
+
+
+def _write_locked(db: Path) -> bool:
+    """Does another connection hold the database's write lock? (A probe that does not wait.)"""
+    conn = sqlite3.connect(db, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError as exc:
+        assert "locked" in str(exc), exc
+        return True
+    finally:
+        conn.close()
+
+
+async def test_db_lock_makes_writes_wait_for_another_clients_lock_and_reads_run(shop, tmp_path):
+    order = shop["order"]
+    body = {"card_number": CARD_OK, "items": [{"product_id": "sku-mug", "quantity": 1}]}
+    placed = await order.post("/orders", json=body, headers=as_shopper("a"))
+    assert placed.status_code == 201, placed.text
+    (db,) = tmp_path.rglob("order*.db")
+    assert not _write_locked(db)
+    fault = await set_fault(order, kind="db_lock", hold_ms=1500, every_ms=3000)
+
+    async def locked() -> bool:
+        return _write_locked(db)
+
+    await poll(locked)
+    # A read runs beside the lock (WAL); the probe shows the lock was held all along.
+    got = await order.get(f"/orders/{placed.json()['order_id']}", headers=as_shopper("a"))
+    assert got.status_code == 200 and _write_locked(db)
+    # A write waits for the lock (busy_timeout), then succeeds: slow, not failed.
+    began = time.monotonic()
+    r = await order.post("/orders", json=body, headers={**as_shopper("b")})
+    waited = time.monotonic() - began
+    assert r.status_code == 201, r.text
+    assert waited > 0.2, f"the write did not wait for the lock ({waited:.3f}s)"
+    await order.delete(f"/admin/faults/{fault['id']}", headers=ADMIN)
+    assert not _write_locked(db)  # cleared: the batch job let go and stopped
+
+
+async def test_db_lock_refuses_a_hold_as_long_as_its_period(shop):
+    r = await shop["order"].post(
+        "/admin/faults",
+        json={"fault": {"kind": "db_lock", "hold_ms": 1000, "every_ms": 1000}},
+        headers=ADMIN,
+    )
+    assert r.status_code == 422 and "every_ms" in r.text
 
 
 async def _heartbeat(client) -> tuple[float, float]:

@@ -16,6 +16,7 @@ import hmac
 import ipaddress
 import os
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -155,6 +156,8 @@ class FaultManager:
     def supports(self, kind: str) -> bool:
         if kind == "db_pool_exhaustion":
             return self.database is not None
+        if kind == "db_lock":  # SQLite's whole-database write lock; see DbLockFault
+            return self.database is not None and self.database.is_sqlite
         return kind in REQUEST_KINDS or kind in self.starters
 
     def register(self, kind: str, starter: Starter) -> None:
@@ -173,6 +176,8 @@ class FaultManager:
         starter = self.starters.get(spec.kind)
         if spec.kind == "db_pool_exhaustion":
             starter = self._db_pool_exhaustion
+        if spec.kind == "db_lock":
+            starter = self._db_lock
         self._starting.append(spec)
         try:
             if starter is not None:
@@ -357,6 +362,32 @@ class FaultManager:
         async def stopper() -> None:
             for conn in held:
                 await conn.close()
+
+        return stopper
+
+    async def _db_lock(self, fault: ActiveFault):
+        path = self.database.engine.url.database
+        hold, gap = fault.spec.hold_ms / 1000, (fault.spec.every_ms - fault.spec.hold_ms) / 1000
+        stop = threading.Event()
+
+        def batch_job() -> None:
+            # Its own connection, outside the pool: another program working on the same file.
+            conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+            try:
+                while not stop.is_set():
+                    conn.execute("BEGIN IMMEDIATE")  # the write lock; readers carry on (WAL)
+                    stop.wait(hold)
+                    conn.execute("COMMIT")
+                    stop.wait(gap)
+            finally:
+                conn.close()
+
+        thread = threading.Thread(target=batch_job, name="batch-job", daemon=True)
+        thread.start()
+
+        async def stopper() -> None:
+            stop.set()
+            await asyncio.to_thread(thread.join, 15)
 
         return stopper
 
