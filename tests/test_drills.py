@@ -554,6 +554,50 @@ def test_answer_scores_the_blind_drill_and_closes_it(
     assert cli.main(["drill", "answer", "--service", "payment", "--kind", "latency"]) == 1
 
 
+def test_an_unanswered_blind_runs_journal_and_report_stay_sealed_until_the_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They name the faults and the expected alerts: not in the run's folder before the answer."""
+    from labctl.drills.execute import finish
+    from labctl.drills.journal import FaultWindow, Journal
+    from labctl.drills.runner import RunResult
+
+    monkeypatch.setattr(blind, "DRILLS_VAR", tmp_path)
+    monkeypatch.setattr(blind, "CURRENT", tmp_path / "current.json")
+    drill = DRILLS["payment-latency"]
+    now = time.time()
+    state = {
+        "run_id": "r1", "sealed": blind.seal(drill.id, "k" * 32), "key": "k" * 32,
+        "started_at": now - 300, "fault_start": now - 260, "hints": [], "guesses": [],
+        "closed": False,
+    }  # fmt: skip
+    (tmp_path / "current.json").write_text(json.dumps(state))
+    step = drill.timeline[0]
+    journal = Journal(
+        run_id="r1", drill=None, lab={}, started_at=now - 300, ended_at=now, load_ended_at=now,
+        faults=[FaultWindow(service=step.service, fault=step.body(), at=now - 260, until=now - 60)],
+        data_check=DataCheck(ok=True), verdict="PASS",
+    )  # fmt: skip
+    run_dir = tmp_path / "r1"
+    run_dir.mkdir()
+    finish(RunResult(drill, run_dir, journal, None))  # type: ignore[arg-type]
+    assert not (run_dir / "journal.json").exists() and not (run_dir / "report.md").exists()
+    sealed = blind.sealed_dir("r1")
+    assert json.loads((sealed / "journal.json").read_text())["drill"] == drill.id
+    assert blind.journal_dir("r1") == sealed
+    assert cli.main(["drill", "answer", "--service", "payment", "--kind", "latency"]) == 0
+    capsys.readouterr()
+    # Answered: both in the run's folder, with the score; nothing left sealed.
+    answered = json.loads((run_dir / "journal.json").read_text())
+    assert answered["drill"] == drill.id and answered["score"] and answered["faults"]
+    assert (run_dir / "report.md").exists() and not sealed.exists()
+    # A run answered while it ran is written to its folder at once.
+    (tmp_path / "current.json").write_text(json.dumps({**state, "run_id": "r2", "closed": True}))
+    (tmp_path / "r2").mkdir()
+    finish(RunResult(drill, tmp_path / "r2", journal.model_copy(update={"run_id": "r2"}), None))  # type: ignore[arg-type]
+    assert (tmp_path / "r2" / "journal.json").exists() and not blind.sealed_dir("r2").exists()
+
+
 def test_a_blind_drills_id_is_in_no_command_line_environment_or_state_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

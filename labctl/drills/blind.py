@@ -186,11 +186,35 @@ def cmd_hint(args: argparse.Namespace) -> int:
     return 0
 
 
+def sealed_dir(run_id: str) -> Path:
+    """Where a blind run's journal and report wait until the drill is answered: they name the
+    faults, the expected alerts and the debrief, so they stay out of the run's folder (a
+    hidden folder beside it, as the fault audit sits beside the lab's runtime folder)."""
+    return DRILLS_VAR / ".sealed" / run_id
+
+
+def journal_dir(run_id: str) -> Path:
+    """The folder that holds the run's journal: sealed while the drill is unanswered."""
+    sealed = sealed_dir(run_id)
+    return sealed if (sealed / "journal.json").exists() else DRILLS_VAR / run_id
+
+
+def unseal_run(run_id: str) -> None:
+    """The drill is answered: its journal and report move into the run's folder."""
+    sealed, run_dir = sealed_dir(run_id), DRILLS_VAR / run_id
+    if not sealed.is_dir():
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for path in sealed.iterdir():
+        path.replace(run_dir / path.name)
+    sealed.rmdir()
+
+
 def clock_start(state: BlindState, drill: Drill) -> float:
     """The trainee's clock: from the first page, else the fault, else the drill's start."""
     if state.first_page_at:
         return state.first_page_at
-    journal = Journal.read(DRILLS_VAR / state.run_id)
+    journal = Journal.read(journal_dir(state.run_id))
     if journal and (page := journal.first_page()):
         return page
     live = DRILLS_VAR / state.run_id / "first_page"
@@ -251,6 +275,7 @@ def cmd_answer(args: argparse.Namespace) -> int:
     for ev in drill.debrief.evidence:
         say(f"  - {ev.kind}: {ev.where}: {ev.what}")
     run_dir = DRILLS_VAR / state.run_id
+    unseal_run(state.run_id)
     journal = Journal.read(run_dir)
     if journal is not None:  # the run is over: put the score into its journal and report
         attach_answer(journal, state, drill)

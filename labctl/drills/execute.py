@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from labctl.drills.blind import attach_answer, read_current, write_current
+from labctl.drills.blind import attach_answer, read_current, sealed_dir, write_current
 from labctl.drills.common import DRILLS_VAR, say
 from labctl.drills.model import Drill
 from labctl.drills.report import write_report
@@ -15,16 +15,22 @@ from labctl.native.lab import NativeLab
 
 
 def finish(result: RunResult) -> None:
-    """Journal and report; a blind run also takes the answers given so far."""
+    """Journal and report; a blind run also takes the answers given so far. An unanswered
+    blind run's journal and report are sealed (labctl.drills.blind.sealed_dir) until the
+    answer: they name the faults."""
     journal = result.journal
+    where = result.run_dir
     state = read_current()
     if state and state.run_id == result.run_dir.name:
         attach_answer(journal, state, result.drill)
         state.finished = True
         state.first_page_at = journal.first_page()
         write_current(state)
-    journal.write(result.run_dir)
-    write_report(result.run_dir, result.drill, journal, result.series)
+        if not state.closed:
+            where = sealed_dir(state.run_id)
+            where.mkdir(parents=True, exist_ok=True)
+    journal.write(where)
+    write_report(where, result.drill, journal, result.series)
 
 
 def execute(
