@@ -792,8 +792,14 @@ def test_verify_rebuilds_a_broken_lab_and_goes_on(
     lab = NativeLab(tmp_path / "lab", Ports.any_free(), load=False, out=lambda _line: None)
     seen: list[tuple[str, list[str]]] = []
 
+    prometheus: list[tuple[int, list[str]]] = []
+
     def fake_execute(lab_, drill, run_id, **_kw):
         seen.append((drill.id, lab_.missing()))
+        entry = json.loads(lab_.state_file.read_text())["components"]["prometheus"]
+        data = lab_.runtime_dir / "prometheus" / "data"
+        prometheus.append((entry["pid"], sorted(p.name for p in data.glob("01*"))))
+        (data / "01STALEBLOCK").mkdir(exist_ok=True)  # what an earlier drill leaves behind
         if len(seen) == 1:  # the first drill kills a service and does not bring it back
             pid = json.loads(lab_.state_file.read_text())["components"]["payment"]["pid"]
             psutil.Process(pid).kill()
@@ -815,6 +821,8 @@ def test_verify_rebuilds_a_broken_lab_and_goes_on(
         lab.down()
         lab.close()
     assert [s[1] for s in seen] == [[], []]  # the second drill found the lab whole again
+    # Each drill had a Prometheus of its own, started on empty storage.
+    assert prometheus[0][0] != prometheus[1][0] and [p[1] for p in prometheus] == [[], []]
     assert not ok
     assert [r.verdict for r in rows] == ["ERROR", "PASS"]
     assert "payment not running" in rows[0].failures[0]

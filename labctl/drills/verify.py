@@ -92,14 +92,16 @@ def verify(
     (Ctrl-C, SIGTERM: the runner cleans up) ends the whole verify: that is what was asked."""
     target = as_target(lab)
     # A native lab verify owns starts each drill with empty monitoring, instead of waiting for
-    # the last drill's alerts and burn windows to wear off (minutes after an SLO page).
+    # the last drill's alerts and burn windows to wear off (minutes after an SLO page). The
+    # first drill too: the lab folder is reused, and a Prometheus started on the last verify's
+    # data shows its alerts as series for five minutes (the lookback; nothing marked them stale).
     fresh = rebuild and isinstance(target, NativeTarget)
     rows: list[VerifyRow] = []
-    for n, drill in enumerate(drills):
+    for drill in drills:
         out(f"== {drill.id}")
         began = time.monotonic()
         try:
-            if fresh and n:
+            if fresh:
                 target.fresh_monitoring()
             result = execute(
                 lab, shortened(drill), f"verify-{new_run_id()}-{drill.id}",
