@@ -321,6 +321,8 @@ def test_a_verify_run_ends_once_every_expected_alert_fired_and_not_before() -> N
     assert settled(drill, _FakeTracker(quick), t0, early + 2)
     # A drill expecting no alert is never cut short; nor is one whose second fault is to come.
     assert not settled(DRILLS["no-incident"], _FakeTracker([]), t0, 170)
+    spike = _record("CheckoutLatencyBudgetBurnPage", t0 + 70, service="gateway")
+    assert not settled(DRILLS["traffic-spike"], _FakeTracker([spike]), t0, 200)
     herring = DRILLS["deploy-red-herring"]
     last = max(step.at for step in herring.timeline)
     assert not settled(herring, _FakeTracker([]), t0, last - 1)

@@ -92,9 +92,13 @@ def settled(drill: Drill, tracker: AlertTracker, t0: float, elapsed: float) -> b
     """Can the load end now without changing what the alerts say? Every fault has started,
     every expected alert has fired within its bound, and EVIDENCE_SECONDS of fault lie behind.
 
-    A drill that expects no alert is never settled early: its whole load is the check. What a
-    run cut short no longer sees is an unexpected alert that would have fired later."""
-    if not drill.expected_alerts or any(step.at > elapsed for step in drill.timeline):
+    A drill that expects no alert is never settled early: its whole load is the check; nor is
+    a drill without faults, whose load's shape is the incident (traffic-spike's page fires
+    seconds into its spike, and the debrief reads the whole spike). What a run cut short no
+    longer sees is an unexpected alert that would have fired later."""
+    if not drill.expected_alerts or not drill.timeline:
+        return False
+    if any(step.at > elapsed for step in drill.timeline):
         return False
     if elapsed < (drill.fault_start or 0.0) + EVIDENCE_SECONDS:
         return False
