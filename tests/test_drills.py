@@ -328,6 +328,15 @@ def test_a_verify_run_ends_once_every_expected_alert_fired_and_not_before() -> N
     assert not settled(herring, _FakeTracker([]), t0, last - 1)
 
 
+def test_a_series_peak_ignores_nan() -> None:
+    """histogram_quantile of a route without requests is NaN: it must not be the highest."""
+    from labctl.drills.native_steps import series_peak
+
+    assert series_peak([[1, "NaN"], [2, "0.8"], [3, "0.2"]]) == 0.8
+    assert series_peak([[1, "NaN"], [2, "NaN"]]) is None
+    assert series_peak([[1, "3"], [2, "+Inf"]]) == float("inf")
+
+
 def test_verify_shortens_the_baseline_of_a_steady_drill_only() -> None:
     drill = DRILLS["payment-errors"]
     short = drill_verify.shortened(drill)

@@ -9,6 +9,7 @@ functions), so a debrief that points at nothing fails ``verify`` instead of a tr
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shlex
 from datetime import datetime
@@ -108,6 +109,13 @@ def check_logs(step: NativeStep, lab_dir: Path, window: Window) -> tuple[bool, s
     return _counted(len(triage.select_logs(args)), step, "line(s)")
 
 
+def series_peak(values: list) -> float | None:
+    """A series' highest value; NaN (a quantile of a route without requests: no line on a
+    graph) is no value, and a series of nothing else has no peak."""
+    finite = [x for x in (float(v) for _, v in values) if not math.isnan(x)]
+    return max(finite) if finite else None
+
+
 def check_metrics(step: NativeStep, prom: Prometheus, window: Window) -> tuple[bool, str]:
     try:
         series = prom.query_range(step.run, window.start, window.end, METRICS_STEP, strict=True)
@@ -117,7 +125,7 @@ def check_metrics(step: NativeStep, prom: Prometheus, window: Window) -> tuple[b
         return False, str(exc)
     ok, text = _counted(len(series), step, "series")
     peaks = sorted(
-        ((max(float(v) for _, v in s["values"]), s["metric"]) for s in series if s["values"]),
+        ((peak, s["metric"]) for s in series if (peak := series_peak(s["values"])) is not None),
         key=lambda p: p[0],
         reverse=True,
     )
