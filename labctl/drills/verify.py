@@ -84,7 +84,7 @@ def _steps(drill: Drill, result: RunResult) -> str:
 def verify(
     lab: NativeLab | DrillLab, drills: list[Drill], out: Any = say, *, rebuild: bool = True
 ) -> tuple[bool, list[VerifyRow]]:
-    """Run each drill in turn, waiting for quiet between them; the table rows and overall ok.
+    """Run each drill in turn, each on a clean slate; the table rows and overall ok.
 
     A drill that leaves the lab broken (a component gone that should run) is reported as an
     ERROR, and the lab is rebuilt before the next drill (when `rebuild`: a lab verify started
