@@ -305,7 +305,7 @@ def test_a_verify_run_ends_once_every_expected_alert_fired_and_not_before() -> N
     start = t0 + (drill.fault_start or 0)
     page = _record("CheckoutAvailabilityBudgetBurnPage", start + 10, service="gateway")
     ratio = _record("ServiceHigh5xxRatio", start + 60, service="payment")
-    after = (drill.fault_start or 0) + 70
+    after = (drill.fault_start or 0) + EVIDENCE_SECONDS + 5
     assert settled(drill, _FakeTracker([page, ratio]), t0, after)
     # One expected alert still missing, or on another service: the run goes on.
     assert not settled(drill, _FakeTracker([page]), t0, after)

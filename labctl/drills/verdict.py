@@ -84,8 +84,10 @@ def _cascade_failures(drill: Drill, fired: Sequence[AlertRecord], start: float) 
     return []
 
 
-EVIDENCE_SECONDS = 45.0
-"""The least fault time a run cut short keeps: enough for its debrief steps to find evidence."""
+EVIDENCE_SECONDS = 75.0
+"""The least fault time a run cut short keeps: a debrief step's rate over [1m] needs a whole
+minute of fault, plus one 15 s step (cut at 45 s, cpu-burn's two burning threads read 0.756 of
+the core its step asks for)."""
 
 
 def settled(drill: Drill, tracker: AlertTracker, t0: float, elapsed: float) -> bool:
