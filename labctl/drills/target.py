@@ -316,6 +316,16 @@ def started_at(url: str) -> float | None:
     return float(found[1]) if found else None
 
 
+def in_flight(url: str) -> float | None:
+    """Requests the service is serving now (its /metrics), None while it does not answer."""
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=2, trust_env=False).text
+    except httpx.HTTPError:
+        return None
+    found = re.search(r"^http_requests_in_flight (\S+)$", text, re.M)
+    return float(found[1]) if found else None
+
+
 def _answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2, trust_env=False).status_code == 200

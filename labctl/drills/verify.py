@@ -10,18 +10,36 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labctl import tables
-from labctl.config import LabError, Ports, lab_dir
+from labctl.config import SERVICES, LabError, Ports, lab_dir
 from labctl.drills.common import DRILLS_VAR, find_drill, new_run_id, say
 from labctl.drills.execute import execute
 from labctl.drills.model import Drill, load_drills
 from labctl.drills.runner import RunResult
-from labctl.drills.target import DrillLab, NativeTarget, UrlLab, as_target
+from labctl.drills.target import DrillLab, NativeTarget, UrlLab, as_target, in_flight, poll_until
 from labctl.native.lab import NativeLab
 
 VERIFY_FIRST = "no-incident"  # first, while no earlier drill can leave a slow-burn window behind
 VERIFY_BASELINE = 20.0
 """Seconds of steady load before a verify run's first fault (a drill's own baseline is for a
 trainee to see the shop healthy; the alerts' windows need only some traffic before the fault)."""
+
+
+IDLE_TIMEOUT = 60.0
+
+
+def wait_idle(target: DrillLab, out: Any) -> None:
+    """Until no service serves a request: the last drill's tail (a charge held by a hang
+    fault finishes after the load and the fault are gone, with its 5xx) must not land in the
+    next drill's fresh Prometheus. Only on a lab verify owns: it has no background load."""
+    urls = [target.urls[s] for s in SERVICES if s in target.urls]
+
+    def idle() -> bool:
+        return all(not in_flight(url) for url in urls)
+
+    try:
+        poll_until(idle, IDLE_TIMEOUT, 0.5, time.sleep, lambda: "")
+    except LabError:
+        out(f"  note: requests still in flight after {IDLE_TIMEOUT:.0f}s; going on")
 
 
 def shortened(drill: Drill, baseline: float = VERIFY_BASELINE) -> Drill:
@@ -102,6 +120,7 @@ def verify(
         began = time.monotonic()
         try:
             if fresh:
+                wait_idle(target, out)
                 target.fresh_monitoring()
             result = execute(
                 lab, shortened(drill), f"verify-{new_run_id()}-{drill.id}",
