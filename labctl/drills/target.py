@@ -306,24 +306,24 @@ def poll_until(
     raise LabError(failure())
 
 
-def started_at(url: str) -> float | None:
-    """The service process's start time (its /metrics), None while it does not answer."""
+def _gauge(url: str, name: str) -> float | None:
+    """An unlabelled sample of the service's /metrics, None while it does not answer."""
     try:
         text = httpx.get(f"{url}/metrics", timeout=2, trust_env=False).text
     except httpx.HTTPError:
         return None
-    found = re.search(r"^process_start_time_seconds (\S+)$", text, re.M)
+    found = re.search(rf"^{name} (\S+)$", text, re.M)
     return float(found[1]) if found else None
+
+
+def started_at(url: str) -> float | None:
+    """The service process's start time, None while it does not answer."""
+    return _gauge(url, "process_start_time_seconds")
 
 
 def in_flight(url: str) -> float | None:
-    """Requests the service is serving now (its /metrics), None while it does not answer."""
-    try:
-        text = httpx.get(f"{url}/metrics", timeout=2, trust_env=False).text
-    except httpx.HTTPError:
-        return None
-    found = re.search(r"^http_requests_in_flight (\S+)$", text, re.M)
-    return float(found[1]) if found else None
+    """Requests the service is serving now, None while it does not answer."""
+    return _gauge(url, "http_requests_in_flight")
 
 
 def _answers(url: str) -> bool:

@@ -278,25 +278,32 @@ class FaultManager:
 
     # --- side effects of the non-request kinds ------------------------------------------
 
-    async def _cpu_burn(self, fault: ActiveFault):
+    @staticmethod
+    def _in_thread(
+        work: Callable[[threading.Event], None], name: str, join_seconds: float
+    ) -> Callable[[], Awaitable[None]]:
+        """Run `work(stop)` in a daemon thread; the stopper sets `stop` and joins it."""
         stop = threading.Event()
+        thread = threading.Thread(target=work, args=(stop,), name=name, daemon=True)
+        thread.start()
+
+        async def stopper() -> None:
+            stop.set()
+            await asyncio.to_thread(thread.join, join_seconds)
+
+        return stopper
+
+    async def _cpu_burn(self, fault: ActiveFault):
         load = fault.spec.load
 
-        def burn() -> None:
+        def burn(stop: threading.Event) -> None:
             while not stop.is_set():
                 end = time.perf_counter() + 0.02 * load
                 while time.perf_counter() < end:
                     pass
                 time.sleep(0.02 * (1 - load))
 
-        thread = threading.Thread(target=burn, name="cpu-burn", daemon=True)
-        thread.start()
-
-        async def stopper() -> None:
-            stop.set()
-            await asyncio.to_thread(thread.join, 2)
-
-        return stopper
+        return self._in_thread(burn, "cpu-burn", 2)
 
     async def _memory_growth(self, fault: ActiveFault):
         hoard: list[bytearray] = []
@@ -321,12 +328,11 @@ class FaultManager:
 
     async def _gc_pause(self, fault: ActiveFault):
         spec = fault.spec
-        stop = threading.Event()
         # Objects live about two seconds: past the young generations, then garbage.
         ring: collections.deque[list] = collections.deque(maxlen=2 * spec.cycles_per_second)
         batch = max(1, spec.cycles_per_second // 100)
 
-        def churn() -> None:
+        def churn(stop: threading.Event) -> None:
             heap = [[] for _ in range(spec.heap_objects)]  # the "cache": live, walked by each
             n = 0  # full collection
             while not stop.is_set():
@@ -340,14 +346,7 @@ class FaultManager:
             heap.clear()
             ring.clear()
 
-        thread = threading.Thread(target=churn, name="cache-refresh", daemon=True)
-        thread.start()
-
-        async def stopper() -> None:
-            stop.set()
-            await asyncio.to_thread(thread.join, 5)
-
-        return stopper
+        return self._in_thread(churn, "cache-refresh", 5)
 
     async def _db_pool_exhaustion(self, fault: ActiveFault):
         db = self.database
@@ -368,9 +367,8 @@ class FaultManager:
     async def _db_lock(self, fault: ActiveFault):
         path = self.database.engine.url.database
         hold, gap = fault.spec.hold_ms / 1000, (fault.spec.every_ms - fault.spec.hold_ms) / 1000
-        stop = threading.Event()
 
-        def batch_job() -> None:
+        def batch_job(stop: threading.Event) -> None:
             # Its own connection, outside the pool: another program working on the same file.
             conn = sqlite3.connect(path, timeout=10, isolation_level=None)
             try:
@@ -382,14 +380,7 @@ class FaultManager:
             finally:
                 conn.close()
 
-        thread = threading.Thread(target=batch_job, name="batch-job", daemon=True)
-        thread.start()
-
-        async def stopper() -> None:
-            stop.set()
-            await asyncio.to_thread(thread.join, 15)
-
-        return stopper
+        return self._in_thread(batch_job, "batch-job", 15)
 
     async def _crash(self, fault: ActiveFault):
         # The hold first (the restarted process must find it), then leave time for the admin
