@@ -31,7 +31,7 @@ from typing import Any
 from locust import FastHttpUser, between, events, task
 
 from loadtest import prometheus_exporter
-from loadtest.config import APPROVED_CARD, DECLINED_CARDS, LoadSettings
+from loadtest.config import APPROVED_CARDS, DECLINED_CARDS, LoadSettings
 
 SETTINGS = LoadSettings.from_env()
 log = logging.getLogger("triagelab.loadtest")
@@ -144,7 +144,10 @@ class Shopper(FastHttpUser):
         if not self.product_ids or not self.logged_in():
             return
         declined = random.random() < SETTINGS.decline_rate
-        card = random.choice(DECLINED_CARDS) if declined else APPROVED_CARD
+        if declined:
+            card = random.choice(DECLINED_CARDS)
+        else:
+            card = random.choices(list(APPROVED_CARDS), weights=APPROVED_CARDS.values())[0]
         count = random.randint(1, min(SETTINGS.max_items, len(self.product_ids)))
         items = [
             {"product_id": pid, "quantity": random.randint(1, 2)}

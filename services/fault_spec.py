@@ -74,6 +74,13 @@ class _RequestFault(_Fault):
         "'/orders/{order_id}' (template) or '/payments/*' (literal prefix); none: every path",
     )
 
+    card_prefix: str | None = Field(
+        None,
+        pattern=r"^[0-9]{1,8}$",
+        description="only requests whose JSON body's card_number starts with these digits (a "
+        "card range, as an issuer's BIN: '6011'); none: any request",
+    )
+
     @field_validator("route")
     @classmethod
     def _route(cls, value: str | None) -> str | None:

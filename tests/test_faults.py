@@ -93,6 +93,8 @@ async def test_default_token_is_refused_off_loopback(tmp_path):
         ({"kind": "error", "route": "^(a|aa)+$"}, "a regex that backtracks"),
         ({"kind": "error", "route": "/api/.*"}, "a regex, not a path"),
         ({"kind": "latency", "ms": 10, "colour": "red"}, "extra field"),
+        ({"kind": "error", "card_prefix": "60*"}, "a card range is digits"),
+        ({"kind": "error", "card_prefix": "601111111"}, "a card range of more than 8 digits"),
     ],
 )
 async def test_invalid_faults_are_422_with_the_reason(shop, fault, why):
@@ -129,6 +131,34 @@ async def test_error_fault_looks_like_a_real_failure_and_expires(shop, tmp_path)
         ("fault_set", fault["id"]),
         ("fault_expired", fault["id"]),
     ]
+
+
+async def test_a_card_range_fault_fails_only_that_range_and_an_order_records_its_network(shop):
+    """A gray failure: one card range fails, every other card (and a body without one) works;
+    order's orders_total says by payment method (the card's network) which orders are hit."""
+    gw = shop["gateway"]
+    await set_fault(shop["payment"], kind="error", route="/payments/charge", card_prefix="6011")
+    token = (
+        await gw.post("/api/login", json={"username": "alice", "password": "wonderland"})
+    ).json()["access_token"]
+    cart = {"items": [{"product_id": "sku-mug", "quantity": 1}]}
+    shopper = {"Authorization": f"Bearer {token}"}
+    for card in (CARD_OK, "5555555555554444", "378282246310005"):
+        r = await gw.post("/api/checkout", headers=shopper, json={**cart, "card_number": card})
+        assert r.status_code == 201, (card, r.text)
+    r = await gw.post(
+        "/api/checkout", headers=shopper, json={**cart, "card_number": "6011111111111117"}
+    )
+    assert r.status_code == 502 and r.json()["details"]["status"] == "payment_unknown", r.text
+    pay = shop["payment"]
+    r = await pay.post("/payments/charge", content=b"[1]", headers={"Idempotency-Key": "x"})
+    assert r.status_code == 422, r.text  # not an object: no card, no fault; the schema answers
+    order_metrics = (await shop["order"].get("/metrics")).text
+    for network, status in [("visa", "paid"), ("mastercard", "paid"), ("amex", "paid"),
+                            ("discover", "payment_unknown")]:  # fmt: skip
+        line = f'orders_total{{payment_method="{network}",status="{status}"}} 1.0'
+        assert line in order_metrics, line
+    assert 'orders_total{payment_method="discover",status="paid"} 0.0' in order_metrics
 
 
 async def _no_faults(client) -> bool:

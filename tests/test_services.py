@@ -165,7 +165,7 @@ async def test_order_lifecycle_paid_and_failed(shop, settings):
     rows = dict(db_rows(settings, "order", "SELECT id, status FROM orders"))
     assert rows == {ok.json()["order_id"]: "paid", body["details"]["order_id"]: "payment_failed"}
     metrics = (await order.get("/metrics")).text
-    assert 'orders_total{payment_method="card",status="paid"} 1.0' in metrics
+    assert 'orders_total{payment_method="visa",status="paid"} 1.0' in metrics
     assert 'revenue_cents_total{currency="EUR"} 3870.0' in metrics
     assert "db_pool_checked_out" in metrics and "db_pool_wait_seconds_bucket" in metrics
 

@@ -105,6 +105,7 @@ class TelemetryMiddleware:
             if scope["method"] in BODY_METHODS and length <= self.max_body:
                 receive, body = await self._buffer(receive)
                 length = len(body)
+                scope[BODY] = body
             if length > self.max_body:
                 response = error_response(
                     413, "body_too_large", f"request body exceeds {self.max_body} bytes"
@@ -267,6 +268,8 @@ class FaultMiddleware:
         for fault in faults:
             if fault.route is not None and not fault.route(path):
                 continue
+            if fault.spec.card_prefix is not None and not _card_in(scope, fault.spec.card_prefix):
+                continue
             if random.random() >= fault.spec.probability:
                 continue
             kind = fault.spec.kind
@@ -287,6 +290,18 @@ class FaultMiddleware:
                 return
         await self.app(scope, receive, send)
 
+
+def _card_in(scope: Scope, prefix: str) -> bool:
+    """Is the request's JSON body's card_number in the range `prefix` starts?"""
+    try:
+        card = orjson.loads(scope.get(BODY) or b"null").get("card_number")
+    except (orjson.JSONDecodeError, AttributeError):  # not JSON, or not an object
+        return False
+    return isinstance(card, str) and card.startswith(prefix)
+
+
+BODY = "kit.body"
+"""The scope key of the request body TelemetryMiddleware read (and checked) before the app."""
 
 FAILURE = "kit.failure"
 """The scope key of an exception a request is to raise in its own handling (app.request_checks:

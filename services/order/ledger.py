@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import and_, func, or_, select, update
 
 from services.kit import DownstreamError, Kit, ServiceError
+from services.kit.checkout import NETWORKS
 
 from .models import NONTERMINAL, STATUSES, Order
 from .outbox import Relay
@@ -44,7 +45,8 @@ class Ledger:
             "orders", "Orders by status reached.", ["status", "payment_method"], registry=r
         )
         for status in STATUSES:
-            self.orders.labels(status, "card")
+            for network in NETWORKS:
+                self.orders.labels(status, network)
         self.revenue = Counter(
             "revenue_cents", "Revenue of paid orders, in cents.", ["currency"], registry=r
         )
@@ -139,7 +141,12 @@ class Ledger:
         if result.rowcount == 1:  # type: ignore[attr-defined]
             order.status, order.failure_code = "payment_unknown", reason
             self.orders.labels("payment_unknown", order.payment_method).inc()
-            self.kit.log.warning("order_payment_unknown", order_id=order.id, reason=reason)
+            self.kit.log.warning(
+                "order_payment_unknown",
+                order_id=order.id,
+                reason=reason,
+                payment_method=order.payment_method,
+            )
         else:
             await self._refresh(order)
 
@@ -166,7 +173,12 @@ class Ledger:
         if message is not None:
             self.revenue.labels(order.currency).inc(order.total_cents)
             self.relay.written(message)
-        self.kit.log.info("order_" + status, order_id=order.id, failure_code=failure)
+        self.kit.log.info(
+            "order_" + status,
+            order_id=order.id,
+            failure_code=failure,
+            payment_method=order.payment_method,
+        )
         return True
 
     async def _refresh(self, order: Order) -> None:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import selectinload
 from structlog.typing import FilteringBoundLogger
 
 from services.kit import DatabaseDep, Kit, LogDep, ServiceError, Settings, SettingsDep
-from services.kit.checkout import Cart, IdempotencyKey
+from services.kit.checkout import Cart, IdempotencyKey, card_network
 from services.kit.db import Database
 from services.kit.service_auth import ServiceOnly, ShopperDep
 
@@ -158,7 +158,7 @@ async def create_order(
         status="pending",
         total_cents=sum(PRODUCTS[i.product_id][1] * i.quantity for i in body.items),
         currency=body.currency,
-        payment_method="card",
+        payment_method=card_network(body.card_number),
         card_last4=body.card_number[-4:],
         idempotency_key=body.idempotency_key,
         request_hash=digest if body.idempotency_key else None,
@@ -182,7 +182,7 @@ async def create_order(
             if existing is None:
                 raise
             return await _replay(ledger, log, budget, existing, body, digest)
-    ledger.orders.labels("pending", "card").inc()
+    ledger.orders.labels("pending", order.payment_method).inc()
     log.info("order_created", order_id=order.id, total_cents=order.total_cents)
     # The connection is not held while the payment runs: a slow processor must not drain the pool.
     await ledger.charge(order, body.card_number)
