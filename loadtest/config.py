@@ -16,10 +16,10 @@ DEFAULT_USER_POOL = "shopper[01-50]:triagelab,alice:wonderland,bob:builder"
 # Test cards the payment service approves, one per card network, and the share of approved
 # checkouts paying with each (a real shop's mix): a fault on one card range hits only its share.
 APPROVED_CARDS = {
-    "4242424242424242": 0.60,  # visa
+    "4242424242424242": 0.58,  # visa
     "5555555555554444": 0.25,  # mastercard
     "378282246310005": 0.09,  # amex
-    "6011111111111117": 0.06,  # discover
+    "6011111111111117": 0.08,  # discover
 }
 # Test cards the payment service declines, with the reason it gives.
 DECLINED_CARDS = ("4000000000000002", "4000000000009995")  # card declined, insufficient funds
