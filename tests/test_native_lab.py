@@ -256,3 +256,31 @@ def test_a_checkouts_trace_id_comes_back_from_query_exemplars(native_lab: Native
 
     assert all(len(i) == 32 for i in ids), ids
     poll(recorded, 30, "the exemplar's trace in gateway's span file")
+
+
+def test_the_gateway_takes_its_client_from_the_connection_not_from_x_forwarded_for(
+    native_lab: NativeLab,
+) -> None:
+    """Nothing proxies the native gateway: an X-Forwarded-For from a client on loopback (which
+    uvicorn trusts by default) must not become the client address, or every login could claim a
+    new address and walk past auth's per-client limit."""
+    r = httpx.get(
+        native_lab.urls["gateway"] + "/api/products",
+        headers={"X-Forwarded-For": "203.0.113.9"},
+        timeout=10,
+        trust_env=False,
+    )
+    assert r.status_code == 200, r.text
+    trace_id = r.headers["x-trace-id"]
+    spans = native_lab.runtime_dir / "traces" / "gateway.jsonl"
+
+    def server_span() -> dict | None:
+        with spans.open("rb") as fh:
+            for line in fh:
+                span = json.loads(line)
+                if span["trace_id"] == trace_id and span["name"] == "GET /api/products":
+                    return span
+        return None
+
+    span = poll(server_span, 30, "the request's server span in gateway's span file")
+    assert span["attributes"]["net.peer.ip"] == "127.0.0.1", span["attributes"]

@@ -72,6 +72,10 @@ def _service(name: str) -> Builder:
         argv = [
             lab.python, "-m", "uvicorn", f"services.{name}.main:create_app", "--factory",
             "--host", HOST, "--port", str(port),
+            # No proxy stands before a native service: uvicorn would otherwise believe an
+            # X-Forwarded-For from any loopback client (its default), and the gateway would
+            # hand auth a forged client address per login (past the per-client limit).
+            "--no-proxy-headers",
         ]  # fmt: skip
         return argv, env
 
