@@ -492,8 +492,10 @@ def test_an_injected_500_takes_a_real_bugs_path_and_says_nothing_of_a_fault(tmp_
         r = httpx.post(f"{url}/admin/faults", json={"fault": fault}, headers=ADMIN, timeout=5)
         assert r.status_code == 201, r.text
         r = httpx.post(f"{url}/payments/charge", json=charge, timeout=5,
-                       headers={**INTERNAL, "Idempotency-Key": "k-500"})  # fmt: skip
+                       headers={**INTERNAL, "Idempotency-Key": "k-500",
+                                "X-Correlation-ID": "corr-k-500"})  # fmt: skip
         assert r.status_code == 500 and r.json()["code"] == "internal_error", r.text
+        assert r.json()["correlation_id"] == r.headers["X-Correlation-ID"] == "corr-k-500"
 
         def lines() -> list[dict]:
             text = lab.log_file("payment").read_text()
@@ -504,7 +506,8 @@ def test_an_injected_500_takes_a_real_bugs_path_and_says_nothing_of_a_fault(tmp_
             timeout=10, what="the error line",
         )  # fmt: skip
         assert bug["level"] == "error" and bug["error"].startswith(exception)
-        trace_id = bug["trace_id"]  # the line leads to its trace
+        trace_id = bug["trace_id"]  # the line leads to its trace, and to its request's lines
+        assert bug["correlation_id"] == "corr-k-500", bug
         assert f"\n{exception}: " in bug["exception"] and "app.py" in bug["exception"]
         spans = wait_until(
             lambda: [json.loads(x) for x in lab.span_file("payment").read_text().splitlines()

@@ -7,6 +7,10 @@ import time
 from contextvars import ContextVar
 
 correlation_id_var: ContextVar[str] = ContextVar("correlation_id", default="")
+CORRELATION_HEADER = "X-Correlation-ID"
+CORRELATION_SCOPE_KEY = "kit.correlation_id"
+"""The request's correlation id in its ASGI scope too: an unhandled exception is answered by
+Starlette's outermost middleware, after the telemetry middleware has reset the context var."""
 
 # A client's X-Correlation-ID is kept only if it is this (a uuid, a hex id, "e2e-checkout-1"):
 # anything else (other characters, longer) is replaced by a fresh id, so no client text of its

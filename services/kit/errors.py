@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .context import correlation_id_var
+from .context import CORRELATION_HEADER, CORRELATION_SCOPE_KEY, correlation_id_var
 from .logs import get_logger
 
 log = get_logger()
@@ -104,6 +104,14 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled_exception", error=repr(exc), exc_info=exc)
-        return error_response(500, "internal_error", "internal server error")
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        # Outside the telemetry middleware (Starlette answers an unhandled exception outermost):
+        # the request's correlation id comes back from its scope, for the line, body and header.
+        cid = request.scope.get(CORRELATION_SCOPE_KEY, "")
+        token = correlation_id_var.set(cid)
+        try:
+            log.error("unhandled_exception", error=repr(exc), exc_info=exc)
+            headers = {CORRELATION_HEADER: cid} if cid else None
+            return error_response(500, "internal_error", "internal server error", headers=headers)
+        finally:
+            correlation_id_var.reset(token)

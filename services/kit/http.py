@@ -12,7 +12,7 @@ import httpx
 from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
 from opentelemetry.sdk.trace import TracerProvider
 
-from .context import BUDGET_HEADER, correlation_id_var, remaining
+from .context import BUDGET_HEADER, CORRELATION_HEADER, correlation_id_var, remaining
 from .errors import DownstreamError
 from .metrics import Metrics
 
@@ -87,7 +87,7 @@ class ServiceClient:
             headers["X-Internal-Token"] = self.internal_token
         cid = correlation_id_var.get()
         if cid:
-            headers["X-Correlation-ID"] = cid
+            headers[CORRELATION_HEADER] = cid
         safe = method in IDEMPOTENT_METHODS or "Idempotency-Key" in headers
         attempts = 1 + (self.retries if safe else 0)
         hop = self.timeout if timeout is None else timeout

@@ -23,7 +23,14 @@ import orjson
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .context import BUDGET_HEADER, CORRELATION_ID, correlation_id_var, deadline_var
+from .context import (
+    BUDGET_HEADER,
+    CORRELATION_HEADER,
+    CORRELATION_ID,
+    CORRELATION_SCOPE_KEY,
+    correlation_id_var,
+    deadline_var,
+)
 from .errors import error_response
 from .logs import get_logger
 from .metrics import Metrics
@@ -31,7 +38,7 @@ from .metrics import Metrics
 UNMATCHED = "<unmatched>"
 # Probes, scrapes and the admin API are not user traffic: no RED series, no access line.
 UNTRACKED = frozenset({"/metrics", "/healthz", "/readyz"})
-CORRELATION_HEADER = b"x-correlation-id"
+CORRELATION = CORRELATION_HEADER.lower().encode()
 BUDGET = BUDGET_HEADER.lower().encode()
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 BUDGET_DIGITS = 9  # X-Request-Budget-Ms: more digits than this (11 days) is not a budget
@@ -65,7 +72,7 @@ class TelemetryMiddleware:
         content_type = b""
         budget = self.budget
         for name, value in scope["headers"]:
-            if name == CORRELATION_HEADER:
+            if name == CORRELATION:
                 # Kept only if it is a plain id (context.CORRELATION_ID); else a fresh one.
                 cid = value.decode("ascii") if CORRELATION_ID.fullmatch(value) else ""
             elif name == b"content-length":
@@ -78,11 +85,12 @@ class TelemetryMiddleware:
         if not cid:
             cid = new_correlation_id()
         token = correlation_id_var.set(cid)
+        scope[CORRELATION_SCOPE_KEY] = cid
         deadline_token = deadline_var.set(time.monotonic() + budget)
 
         ctx = trace.get_current_span().get_span_context()
         trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else ""
-        extra_headers = [(CORRELATION_HEADER, cid.encode("latin-1"))]
+        extra_headers = [(CORRELATION, cid.encode("latin-1"))]
         if trace_id:
             extra_headers.append((b"x-trace-id", trace_id.encode()))
         status = 500
