@@ -354,6 +354,40 @@ def test_verify_shortens_the_baseline_of_a_steady_drill_only() -> None:
     assert DRILLS["payment-errors"].fault_start == drill.fault_start  # the original is untouched
 
 
+@pytest.mark.integration
+def test_verify_waits_until_no_service_serves_a_request(tmp_path) -> None:
+    """wait_idle on a real payment holding a charge (a hang fault): it returns only once that
+    request has been answered, so its late 5xx cannot land in the next drill's Prometheus."""
+    from types import SimpleNamespace
+
+    from tests.support import ADMIN, INTERNAL, running_services, wait_until
+
+    charge = {"order_id": "o1", "amount_cents": 500, "currency": "EUR",
+              "card_number": "4242424242424242"}  # fmt: skip
+    with running_services(tmp_path, names=("payment",)) as lab:
+        url = lab.url("payment")
+        target = SimpleNamespace(urls={"payment": url})
+        drill_verify.wait_idle(target, print)  # idle: returns at once
+        fault = {"kind": "hang", "seconds": 3, "route": "/payments/charge"}
+        r = httpx.post(f"{url}/admin/faults", json={"fault": fault}, headers=ADMIN, timeout=5)
+        assert r.status_code == 201, r.text
+        answered: list[int] = []
+
+        def held_charge() -> None:
+            headers = {**INTERNAL, "Idempotency-Key": "held"}
+            r = httpx.post(f"{url}/payments/charge", json=charge, headers=headers, timeout=30)
+            answered.append(r.status_code)
+
+        worker = threading.Thread(target=held_charge)
+        worker.start()
+        wait_until(lambda: (drill_verify.in_flight(url) or 0) >= 1, timeout=10, what="in flight")
+        notes: list[str] = []
+        drill_verify.wait_idle(target, notes.append)
+        assert drill_verify.in_flight(url) == 0 and notes == [], notes  # the hold is over
+        worker.join(timeout=30)
+        assert answered == [201], answered
+
+
 def test_verdict_needs_expected_alerts_within_bound_and_no_forbidden_alert() -> None:
     drill = DRILLS["payment-errors"]
     t0 = 1_000_000.0
