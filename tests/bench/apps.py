@@ -7,6 +7,10 @@
   access-log line per request on stdout.
 - `kit_notrace_app`: the kit app with the FastAPI instrumentation switched off, to attribute
   the cost (the kit's own middleware, metrics and logs vs tracing).
+- `otel_defaults_app`: the peer a user would write instead of the kit: plain FastAPI with
+  `FastAPIInstrumentor.instrument_app(app)` and nothing else (its defaults: receive/send spans
+  too), the SDK's TracerProvider (100% sampled) and BatchSpanProcessor, and the SDK's own
+  ConsoleSpanExporter writing one JSON span per line to SPAN_FILE; no metrics, no logs.
 - `kit_native_app`: an experiment for a steering decision, not what the services run: the kit
   app with FastAPI's own OpenTelemetry server spans (FastAPI >= 0.165, `FastAPI(telemetry=...)`,
   same tracer provider and exporter) in place of opentelemetry-instrumentation-fastapi.
@@ -61,6 +65,20 @@ def kit_notrace_app() -> FastAPI:
     settings = bench_settings()
     with mock.patch.object(FastAPIInstrumentor, "instrument_app", lambda *a, **k: None):
         return Kit(SERVICE, settings).build_app(title="bench-kit-notrace", routers=[_router()])
+
+
+def otel_defaults_app() -> FastAPI:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    out = open(os.environ["SPAN_FILE"], "a", buffering=1 << 16)  # open for the process' life
+    exporter = ConsoleSpanExporter(out=out, formatter=lambda span: span.to_json(indent=None) + "\n")
+    provider = TracerProvider(resource=Resource.create({"service.name": "bench-otel-defaults"}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    app = bare_app()
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
+    return app
 
 
 def kit_native_app() -> FastAPI:

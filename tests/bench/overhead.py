@@ -47,6 +47,10 @@ APPS = {
         "tests.bench.apps:kit_notrace_app",
         "kit without the FastAPI instrumentation (attribution only)",
     ),
+    "otel-defaults": (
+        "tests.bench.apps:otel_defaults_app",
+        "FastAPIInstrumentor defaults only: 100% traces (BatchSpanProcessor -> span file)",
+    ),
     "kit-native": (
         "tests.bench.apps:kit_native_app",
         "kit with FastAPI's native OTel spans instead of the instrumentation (experiment)",
@@ -274,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument(
         "--apps",
-        default="bare,kit,kit-notrace",
+        default="bare,kit,kit-notrace,otel-defaults",
         help=f"comma-separated, first is the baseline; known: {', '.join(APPS)}",
     )
     p.add_argument("--out", type=Path, default=OUT)
@@ -353,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     # Was the instrumentation really on? Count what the kit apps wrote.
     checks = {}
     for a in apps:
-        if a.startswith("kit"):
+        if a != "bare":
             checks[a] = {
                 "requests_sent": sent[a],
                 "spans_written": count_lines(servers[a].span_file, b'"GET /ping"'),
