@@ -21,6 +21,8 @@ class Service:
     calls: tuple[str, ...]
     what: str
     entry: bool = False
+    memory_limit_mb: int = 0
+    """The memory limit the deployments give it (compose, Kubernetes; declared natively)."""
 
     @property
     def url_env(self) -> str:
@@ -36,7 +38,12 @@ def _load(path: Path = FILE) -> tuple[dict[str, Service], dict[str, int]]:
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     services = {
         name: Service(
-            name, int(s["port"]), tuple(s.get("calls", ())), s["what"], s.get("entry", False)
+            name,
+            int(s["port"]),
+            tuple(s.get("calls", ())),
+            s["what"],
+            s.get("entry", False),
+            int(s["memory_limit_mb"]),
         )
         for name, s in data["services"].items()
     }

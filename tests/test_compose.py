@@ -24,7 +24,9 @@ from services.fault_spec import DEFAULT_ADMIN_TOKEN
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SERVICES = {name: svc.port for name, svc in topology.SERVICES_BY_NAME.items()}  # the one source
-MEMORY_BUDGET = 2 * 1024**3
+# The sum of every container's limit (a cap, not what the lab uses: ~660 MB natively,
+# docs/benchmarks.md); the five services' limits are services/topology.toml's.
+MEMORY_BUDGET = 4608 * 2**20
 LOCAL_IMAGE = "${TRIAGELAB_IMAGE}"  # built once from deploy/docker/Dockerfile
 PYTHON_SERVICES = {*SERVICES, "receiver", "locust", "locust-worker"}
 
@@ -132,12 +134,24 @@ def test_every_service_has_a_healthcheck(services):
         assert check["test"][0] in {"CMD", "CMD-SHELL"} and len(check["test"]) > 1, name
 
 
-def test_every_service_has_a_memory_limit_and_all_fit_in_2_gib(services):
+def test_every_service_has_a_memory_limit_and_all_fit_the_budget(services):
     limits = {name: _memory_limit(service) for name, service in services.items()}
     missing = [name for name, limit in limits.items() if not limit]
     assert not missing, f"no memory limit: {missing}"
     total = sum(limits.values())
-    assert total <= MEMORY_BUDGET, f"memory limits add up to {total / 2**20:.0f} MiB > 2048 MiB"
+    assert total <= MEMORY_BUDGET, (
+        f"memory limits add up to {total / 2**20:.0f} MiB > {MEMORY_BUDGET // 2**20} MiB"
+    )
+
+
+def test_the_services_memory_limits_are_the_topologys(services):
+    """One place for each service's limit: compose gives what process_memory_limit_bytes says."""
+    for name, svc in topology.SERVICES_BY_NAME.items():
+        assert svc.memory_limit_mb > 0, f"services/topology.toml: {name} has no memory_limit_mb"
+        assert _memory_limit(services[name]) == svc.memory_limit_mb * 2**20, (
+            f"docker-compose.yml's mem_limit of {name} differs from services/topology.toml's "
+            f"memory_limit_mb ({svc.memory_limit_mb})"
+        )
 
 
 def test_memory_budget_in_the_docs_matches_the_compose_file(services):

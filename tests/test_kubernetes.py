@@ -237,6 +237,19 @@ def test_every_container_has_requests_and_limits(rendered, overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_services_memory_limits_are_the_topologys(rendered, overlay):
+    """One place for each service's limit: the pod's is what process_memory_limit_bytes reads."""
+    for name, svc in topology.SERVICES_BY_NAME.items():
+        (container,) = deployment(rendered[overlay], overlay, name)["spec"]["template"]["spec"][
+            "containers"
+        ]
+        assert mem(container["resources"]["limits"]["memory"]) == svc.memory_limit_mb * 2**20, (
+            f"{overlay}: the memory limit of {name} differs from services/topology.toml's "
+            f"memory_limit_mb ({svc.memory_limit_mb})"
+        )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_pod_runs_non_root_read_only_without_privileges(rendered, overlay):
     for name, spec in pod_specs(rendered[overlay]).items():
         pod = spec.get("securityContext", {})

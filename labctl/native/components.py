@@ -63,6 +63,9 @@ def _service(name: str) -> Builder:
             "LAB_MODE": "local",
             **lab.secrets(),
             "DEPLOYMENT_ENVIRONMENT": lab.env.get("DEPLOYMENT_ENVIRONMENT", "lab"),
+            # The limit compose and Kubernetes give it (services/topology.toml), exported as
+            # process_memory_limit_bytes for ServiceMemorySaturation; nothing enforces it here.
+            "MEMORY_LIMIT_MB": str(topology.SERVICES_BY_NAME[name].memory_limit_mb),
         }
         if not lab.env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
             env["SPAN_FILE"] = str(rt / "traces" / f"{name}.jsonl")

@@ -63,7 +63,10 @@ class Kit:
         configure_logging(name, self.settings.log_level)
         self.log = get_logger(service=name)
         self.metrics = Metrics(
-            name, self.settings.service_version, self.settings.deployment_environment
+            name,
+            self.settings.service_version,
+            self.settings.deployment_environment,
+            memory_limit_mb=self.settings.memory_limit_mb,
         )
         self.tracer_provider = build_tracer_provider(self.settings)
         self.tracer = self.tracer_provider.get_tracer(f"triagelab.{name}")

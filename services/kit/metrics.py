@@ -6,6 +6,7 @@ import gc
 import time
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -34,6 +35,39 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+# Where the memory limit a process runs under is written (container, pod, systemd unit).
+CGROUP_V2_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
+CGROUP_V1_MEMORY_LIMIT = Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+CGROUP_V1_UNLIMITED = 2**60  # v1 says "no limit" with a page-rounded 2**63 - 1
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def memory_limit(
+    setting_mb: int | None, v2: Path | None = None, v1: Path | None = None
+) -> tuple[int, str] | None:
+    """(bytes, source) of the memory limit this process runs under, or None when none is known.
+
+    The kernel's limit first: cgroup v2 ``memory.max`` (a number, or "max": none), then cgroup
+    v1 ``memory.limit_in_bytes`` (2**60 or more: none). Else the limit the deployment declares
+    in ``MEMORY_LIMIT_MB`` (the native lab passes services/topology.toml's; nothing enforces it).
+    """
+    value = _read(v2 or CGROUP_V2_MEMORY_MAX)
+    if value.isdigit():
+        return int(value), "cgroup"
+    value = _read(v1 or CGROUP_V1_MEMORY_LIMIT)
+    if value.isdigit() and int(value) < CGROUP_V1_UNLIMITED:
+        return int(value), "cgroup"
+    if setting_mb:
+        return setting_mb * 2**20, "setting"
+    return None
+
+
 GC_PAUSE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 # One gc callback per process times each collection into every live app's histogram (tests run
@@ -58,12 +92,29 @@ def _time_collection(phase: str, info: dict) -> None:
 class Metrics:
     """The app's registry and the metrics every service has; services register their own on it."""
 
-    def __init__(self, service: str, version: str, environment: str) -> None:
+    def __init__(
+        self,
+        service: str,
+        version: str,
+        environment: str,
+        memory_limit_mb: int | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)  # collections and objects collected, per generation
         r = self.registry
+        # Read once: a process's limit does not change while it runs. No limit known, no series
+        # (never a made-up value): ServiceMemorySaturation then has nothing to compare with.
+        self.memory_limit = memory_limit(memory_limit_mb)
+        if self.memory_limit:
+            Gauge(
+                "process_memory_limit_bytes",
+                "The memory limit this process runs under: source=cgroup is enforced by the "
+                "kernel, source=setting is MEMORY_LIMIT_MB (declared, not enforced).",
+                ["source"],
+                registry=r,
+            ).labels(self.memory_limit[1]).set(self.memory_limit[0])
         # How long each collection stopped the process (the GIL is held throughout).
         self.gc_pause = Histogram(
             "python_gc_pause_seconds",

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # Requests
     max_body_bytes: int = Field(64 * 1024, ge=1024)
 
+    # The memory limit the deployment gives this process, in MiB, exported as
+    # process_memory_limit_bytes when no cgroup limit is found (natively: nothing enforces it).
+    memory_limit_mb: int | None = Field(None, gt=0, le=1024 * 1024)
+
     # Secrets (docs/security.md). The values that ship in the repository are refused unless
     # LAB_MODE=local says this is a local lab on loopback; `labctl up` generates its own.
     lab_mode: Literal["", "local"] = ""
