@@ -38,6 +38,14 @@ def test_quick_footprint_reports_every_component_and_the_doc_section(tmp_path: P
     assert summary["healthy_s_all"] == [run["all_healthy_s"]]
     assert isinstance(summary["healthy_goal_met"], bool)
     assert isinstance(summary["memory_goal_met"], bool)
+    # CPU: every component measured, idle and loaded, and the totals are their sums.
+    assert set(run["loaded_cores_by_component"]) == set(COMPONENTS)
+    assert all(v >= 0 for v in run["loaded_cores_by_component"].values())
+    assert run["loaded_cores"] == pytest.approx(
+        sum(run["loaded_cores_by_component"].values()), abs=0.01
+    )
+    assert run["loaded_cores"] > 0  # the services served the load
+    assert isinstance(summary["cpu_goal_met"], bool)
 
     # The lab it started is gone: no leftover runtime folder of this run.
     leftover = [p for p in (footprint.BENCH_DIR / "tmp").glob("lab-*") if p.is_dir()]
@@ -46,7 +54,7 @@ def test_quick_footprint_reports_every_component_and_the_doc_section(tmp_path: P
 
     # The summary row and the generated doc section are built from this report.
     rows = run_all.summary_rows({"footprint": report})
-    assert [r["item"] for r in rows] == [4, 4]
+    assert [r["item"] for r in rows] == [4, 4, 4]  # healthy, memory, CPU
     section = run_all.render_footprint(report)
     assert section.startswith(f"## {run_all.FOOTPRINT} (generated)")
     assert "| **total** |" in section

@@ -146,6 +146,11 @@ def summary_rows(results: dict) -> list[dict]:
             "runs: " + ", ".join(f"{x:.1f}" for x in s["healthy_s_all"]))  # fmt: skip
         add(4, "resident memory, idle / default load", f"{s['idle_rss_mb']:.0f} / "
             f"{s['loaded_rss_mb']:.0f} MB", "<= 800 MB", s["memory_goal_met"])  # fmt: skip
+        if s.get("loaded_cores") is not None:
+            add(4, "CPU cores of the whole lab, idle / default load",
+                f"{s['idle_cores']:.3f} / {s['loaded_cores']:.3f}",
+                f"<= {s['goal_loaded_cores']} at default load", s["cpu_goal_met"],
+                f"{s['loaded_cores_without_locust']:.3f} without Locust")  # fmt: skip
     elif f:
         add(4, "lab footprint", "—", "", None, f["error"])
     t = results.get("ttd")
@@ -367,7 +372,9 @@ def render_footprint(f: dict | None) -> str:
         "are the time to all healthy. Memory: sum of RSS over every component's process tree "
         f"at idle (no Locust, after {f['config']['idle_seconds']:g} s) and under the default "
         f"load (after {f['config']['load_seconds']:g} s). RSS counts shared pages once per "
-        "process, so the total is an upper bound.",
+        "process, so the total is an upper bound. CPU: the cores each process tree used, idle "
+        "over the same idle span after the settle, loaded over the last two thirds of the load "
+        "(the first third ramps up).",
         "",
         "| run | services + monitoring s | Locust s | all healthy s | load avg |",
         "|---:|---:|---:|---:|---:|",
@@ -382,19 +389,34 @@ def render_footprint(f: dict | None) -> str:
         f"Median time to healthy **{s['healthy_s_median']:.1f} s** (goal ≤ 20 s: "
         f"{'met' if s['healthy_goal_met'] else '**not met**'}).",
         "",
-        "| component | idle MB | default load MB |",
-        "|---|---:|---:|",
+        "| component | idle MB | default load MB | idle cores | default load cores |",
+        "|---|---:|---:|---:|---:|",
     ]
+    idle_cores = first.get("idle_cores_by_component", {})
+    loaded_cores = first.get("loaded_cores_by_component", {})
+
+    def core(by: dict, name: str) -> str:
+        return "—" if name not in by else f"{by[name]:.3f}"
+
     for name, mb in first["loaded_rss_mb_by_component"].items():
         idle = first["idle_rss_mb_by_component"].get(name)
-        lines.append(f"| {name} | {'—' if idle is None else f'{idle:.0f}'} | {mb:.0f} |")
+        lines.append(
+            f"| {name} | {'—' if idle is None else f'{idle:.0f}'} | {mb:.0f} | "
+            f"{core(idle_cores, name)} | {core(loaded_cores, name)} |"
+        )
+    total_idle = "—" if s.get("idle_cores") is None else f"**{s['idle_cores']:.3f}**"
+    total_loaded = "—" if s.get("loaded_cores") is None else f"**{s['loaded_cores']:.3f}**"
     lines.append(
-        f"| **total** | **{first['idle_rss_mb']:.0f}** | **{first['loaded_rss_mb']:.0f}** |"
+        f"| **total** | **{first['idle_rss_mb']:.0f}** | **{first['loaded_rss_mb']:.0f}** | "
+        f"{total_idle} | {total_loaded} |"
     )
-    lines += [
-        "",
-        f"Goal ≤ 800 MB: {'met' if s['memory_goal_met'] else '**not met**'}.",
-    ]
+    lines += ["", f"Goal ≤ 800 MB: {'met' if s['memory_goal_met'] else '**not met**'}."]
+    if s.get("loaded_cores") is not None:
+        lines.append(
+            f"CPU at the default load: {s['loaded_cores']:.3f} cores "
+            f"({s['loaded_cores_without_locust']:.3f} without Locust), goal ≤ "
+            f"{s['goal_loaded_cores']}: {'met' if s['cpu_goal_met'] else '**not met**'}."
+        )
     return "\n".join(lines) + "\n"
 
 
