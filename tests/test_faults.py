@@ -418,6 +418,26 @@ def test_memory_growth_grows_resident_memory_until_cleared(tmp_path):
         assert faults == []
 
 
+def test_memory_growth_keeps_its_rate_below_ten_mb_a_second(tmp_path):
+    """2 MB/s is 2 MB/s (1 MB chunks as they fall due): 8 MB take about 3.5 s. Chunks of
+    max(1, rate/10) MB every 0.1 s once made every rate below 10 grow at 10 MB/s (0.8 s)."""
+    with running_services(tmp_path, names=("payment",)) as lab:
+        url = lab.url("payment")
+        proc = psutil.Process(lab.procs["payment"].pid)
+        rss0 = proc.memory_info().rss
+        fault = {"kind": "memory_growth", "mb_per_second": 2, "max_mb": 100}
+        start = time.monotonic()
+        r = httpx.post(url + "/admin/faults", json={"fault": fault}, headers=ADMIN, timeout=5)
+        assert r.status_code == 201, r.text
+        wait_until(
+            lambda: proc.memory_info().rss - rss0 >= 8 * 1024 * 1024,
+            timeout=30,
+            what="payment RSS grown by 8 MB",
+        )
+        assert time.monotonic() - start >= 2.0, "grew faster than 2 MB/s"
+        httpx.delete(url + "/admin/faults", headers=ADMIN, timeout=5)
+
+
 def _gc_full_collections(url: str) -> tuple[float, float]:
     """(count, seconds) of the service's generation-2 collections, from its /metrics."""
     text = httpx.get(url + "/metrics", timeout=5).text

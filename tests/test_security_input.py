@@ -150,7 +150,7 @@ def test_faults_are_capped_per_service(lab, client):
         assert body["details"]["limit"] == 8
         client.delete(url + "/admin/faults", headers=ADMIN)
 
-        # memory_growth: the sum of max_mb is capped (the first grows ~10 MB/s until cleared).
+        # memory_growth: the sum of max_mb is capped (the first grows 1 MB/s until cleared).
         r = _set_fault(
             client, url, kind="memory_growth", mb_per_second=1, max_mb=1500, ttl_seconds=30
         )

@@ -310,9 +310,12 @@ class FaultManager:
         spec = fault.spec
 
         async def grow() -> None:
+            # 1 MB chunks, as many as the rate has made due by now (any rate, 0.1 MB/s too).
+            loop = asyncio.get_running_loop()
+            start = loop.time()
             while len(hoard) < spec.max_mb:
-                chunk = max(1, int(spec.mb_per_second / 10))
-                for _ in range(min(chunk, spec.max_mb - len(hoard))):
+                due = min(spec.max_mb, 1 + int((loop.time() - start) * spec.mb_per_second))
+                while len(hoard) < due:
                     hoard.append(bytearray(os.urandom(1024)) * 1024)  # touched: counts as RSS
                 await asyncio.sleep(0.1)
 
