@@ -26,7 +26,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 SERVICES = {name: svc.port for name, svc in topology.SERVICES_BY_NAME.items()}  # the one source
 # The sum of every container's limit (a cap, not what the lab uses: ~660 MB natively,
 # docs/benchmarks.md); the five services' limits are services/topology.toml's.
-MEMORY_BUDGET = 4608 * 2**20
+MEMORY_BUDGET = 5120 * 2**20
 LOCAL_IMAGE = "${TRIAGELAB_IMAGE}"  # built once from deploy/docker/Dockerfile
 PYTHON_SERVICES = {*SERVICES, "receiver", "locust", "locust-worker"}
 
