@@ -227,6 +227,7 @@ def test_services_run_the_documented_command_on_their_port(services):
             "0.0.0.0",
             "--port",
             str(port),
+            "--no-proxy-headers",  # no X-Forwarded-For believed (docs/security.md)
         ]
         assert _port_in(" ".join(service["healthcheck"]["test"])) == port
         env = service["environment"]

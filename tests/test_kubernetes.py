@@ -306,7 +306,7 @@ def test_services_get_the_settings_they_read_and_accept_the_generated_secrets(re
         assert container["image"].startswith("triagelab/service:")
         assert container["command"] == [
             "python", "-m", "uvicorn", f"services.{name}.main:create_app", "--factory",
-            "--host", "0.0.0.0", "--port", str(port),
+            "--host", "0.0.0.0", "--port", str(port), "--no-proxy-headers",
         ]  # fmt: skip
         env = env_of(container)
         unknown = {k for k in env if k.lower() not in fields} - {"OTEL_SERVICE_NAME"}

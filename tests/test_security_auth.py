@@ -424,10 +424,17 @@ def test_the_labs_own_load_stays_under_the_default_login_limits():
     drills = [
         yaml.safe_load(p.read_text()) for p in sorted((ROOT / "loadtest/drills").glob("*.yaml"))
     ]
-    with_faults = max(d["load"]["users"] for d in drills if d["timeline"])
+    # A login or a token check passes the gateway and auth only: a fault elsewhere (payment's
+    # card-range-errors, 20 users) fails neither, like a drill without faults.
+    login_path = {"gateway", "auth"}
+
+    def on_login_path(d: dict) -> bool:
+        return any(step["service"] in login_path for step in d["timeline"])
+
+    with_faults = max(d["load"]["users"] for d in drills if on_login_path(d))
     per_window = with_faults * (s.login_client_window_seconds / load.wait_min + 1)
     assert per_window <= s.login_client_attempts, (with_faults, per_window)
-    without = max(d["load"]["users"] for d in drills if not d["timeline"])
+    without = max(d["load"]["users"] for d in drills if not on_login_path(d))
     assert without * 2 <= s.login_client_attempts, without
     assert all(DEMO_PASSWORDS.get(u) == pw for u, pw in load.users)
 
