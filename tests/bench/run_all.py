@@ -197,12 +197,19 @@ def split_sections(text: str) -> tuple[str, list[tuple[str, str]]]:
     return head, sections
 
 
+def _mode(meta: dict) -> str:
+    mode = "quick (smoke) mode" if meta["quick"] else "full mode"
+    if meta.get("only"):  # a partial run with no earlier run to keep the other figures of
+        mode += f", only `{','.join(meta['only'])}` (the other benchmarks were not run)"
+    return mode
+
+
 def render_latest(meta: dict, rows: list[dict]) -> str:
     m = meta["machine"]
     lines = [
         f"## {LATEST} (generated)",
         "",
-        f"{meta['when']}, {'quick (smoke) mode' if meta['quick'] else 'full mode'}, "
+        f"{meta['when']}, {_mode(meta)}, "
         f"{meta['seconds'] / 60:.1f} min. Machine: {m['nproc']} cores ({m['cpu_model']}), "
         f"{m['memory_gb']} GB memory, Linux {m['kernel']}, Python {m['python']}, "
         f"Locust {m.get('locust', '?')}, Prometheus {m.get('prometheus', '?')}. Load average "
@@ -531,9 +538,11 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
     }
     if set(chosen) != set(ORDER) and previous:
-        keep = ("when", "quick", "seconds", "machine", "loadavg_start", "loadavg_end")
+        keep = ("when", "quick", "seconds", "machine", "loadavg_start", "loadavg_end", "only")
         meta = {k: previous[k] for k in keep if k in previous} or meta
         meta["reruns"] = [*previous.get("reruns", []), {"when": now, "only": chosen}]
+    elif set(chosen) != set(ORDER):
+        meta["only"] = [n for n in ORDER if n in chosen]
     print_summary(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
