@@ -33,7 +33,9 @@ def _files(tmp_path: Path, v2: str | None, v1: str | None) -> tuple[Path, Path]:
 @pytest.mark.parametrize(
     ("v2", "v1", "setting", "expected"),
     [
-        ("536870912", None, 384, (512 * MiB, "cgroup")),  # cgroup v2 (compose, a pod)
+        ("536870912", None, None, (512 * MiB, "cgroup")),  # cgroup v2 (compose, a pod)
+        ("536870912", None, 1024, (512 * MiB, "cgroup")),  # the kernel's is the smaller
+        ("8589934592", None, 384, (384 * MiB, "setting")),  # a native lab in an 8 GiB container
         ("max", str(2**63 - 4096), 384, (384 * MiB, "setting")),  # no limit in v2 nor v1
         (None, "268435456", None, (256 * MiB, "cgroup")),  # cgroup v1 with a limit
         (None, "9223372036854771712", 1024, (1024 * MiB, "setting")),  # v1 unlimited (this host)
@@ -42,7 +44,7 @@ def _files(tmp_path: Path, v2: str | None, v1: str | None) -> tuple[Path, Path]:
         (None, "garbage", None, None),
     ],
 )  # fmt: skip
-def test_the_limit_comes_from_the_cgroup_then_the_setting(
+def test_the_limit_is_the_smaller_of_the_cgroups_and_the_setting(
     tmp_path: Path, v2: str | None, v1: str | None, setting: int | None, expected: object
 ) -> None:
     v2_path, v1_path = _files(tmp_path, v2, v1)

@@ -53,19 +53,24 @@ def memory_limit(
 ) -> tuple[int, str] | None:
     """(bytes, source) of the memory limit this process runs under, or None when none is known.
 
-    The kernel's limit first: cgroup v2 ``memory.max`` (a number, or "max": none), then cgroup
-    v1 ``memory.limit_in_bytes`` (2**60 or more: none). Else the limit the deployment declares
-    in ``MEMORY_LIMIT_MB`` (the native lab passes services/topology.toml's; nothing enforces it).
+    The kernel's limit: cgroup v2 ``memory.max`` (a number, or "max": none), else cgroup v1
+    ``memory.limit_in_bytes`` (2**60 or more: none). And the limit the deployment declares in
+    ``MEMORY_LIMIT_MB`` (the native lab passes services/topology.toml's; nothing enforces it).
+    With both, the smaller is the one the process meets first: a native lab run inside a
+    container of 8 GiB still has its service's declared limit.
     """
+    kernel = None
     value = _read(v2 or CGROUP_V2_MEMORY_MAX)
     if value.isdigit():
-        return int(value), "cgroup"
-    value = _read(v1 or CGROUP_V1_MEMORY_LIMIT)
-    if value.isdigit() and int(value) < CGROUP_V1_UNLIMITED:
-        return int(value), "cgroup"
-    if setting_mb:
-        return setting_mb * 2**20, "setting"
-    return None
+        kernel = int(value)
+    else:
+        value = _read(v1 or CGROUP_V1_MEMORY_LIMIT)
+        if value.isdigit() and int(value) < CGROUP_V1_UNLIMITED:
+            kernel = int(value)
+    declared = setting_mb * 2**20 if setting_mb else None
+    if declared is not None and (kernel is None or declared < kernel):
+        return declared, "setting"
+    return (kernel, "cgroup") if kernel is not None else None
 
 
 GC_PAUSE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0)
